@@ -1,0 +1,280 @@
+"""One validated configuration object, from a YAML file to every `model_fn`'s `params`.
+
+A run is described by a `Config` (data, model, loss, train). It is loaded from YAML with
+`load_config`, adjusted by dotted `--set key=value` overrides, validated (unknown keys and
+out-of-range values are refused), and saved as `config.yaml` beside the checkpoints so that a
+model directory always says how it was made. The defaults are the offline default job: a small
+DCGAN on scikit-learn's bundled digits.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_FILENAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message that names the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MixtureConfig(_Strict):
+    """A generated 2D mixture of Gaussians: `ring` (modes on a circle) or `grid` (a square)."""
+
+    kind: Literal["ring", "grid"] = "ring"
+    modes: int = Field(8, ge=1)
+    radius: float = Field(2.0, gt=0, description="Ring radius, or grid spacing.")
+    std: float = Field(0.02, gt=0)
+    num_examples: int = Field(100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _grid_is_square(self):
+        if self.kind == "grid" and round(self.modes ** 0.5) ** 2 != self.modes:
+            raise ValueError(f"a grid mixture needs a square number of modes, got {self.modes}")
+        return self
+
+    def centres(self) -> List[Tuple[float, float]]:
+        """The mode centres, in the order the data source and the mode metrics use."""
+        import math
+
+        if self.kind == "ring":
+            return [
+                (self.radius * math.cos(2 * math.pi * k / self.modes),
+                 self.radius * math.sin(2 * math.pi * k / self.modes))
+                for k in range(self.modes)
+            ]
+        side = round(self.modes ** 0.5)
+        offset = (side - 1) / 2.0
+        return [((i - offset) * self.radius, (j - offset) * self.radius)
+                for i in range(side) for j in range(side)]
+
+
+class DataConfig(_Strict):
+    """Where real examples come from and how they are batched.
+
+    `batch_size` is the *global* batch: under a distribution strategy each replica gets
+    `batch_size / num_replicas_in_sync` examples.
+    """
+
+    source: Literal["digits", "mixture2d", "mnist", "images", "tfrecord", "npy"] = "digits"
+    path: Optional[str] = Field(None, description="File or folder for mnist/images/tfrecord/npy.")
+    labels_path: Optional[str] = Field(None, description="npy: optional label array file.")
+    image_size: Optional[int] = Field(
+        None, ge=4, description="Resize images to this square size (default: per source).")
+    channels: Optional[int] = Field(None, description="1 or 3 (default: per source).")
+    batch_size: int = Field(64, ge=1)
+    shuffle_buffer: int = Field(10_000, ge=1)
+    cache: bool = True
+    on_corrupt: Literal["fail", "skip"] = Field(
+        "fail", description="images/tfrecord: fail on an undecodable file or skip and count.")
+    image_key: str = "image/encoded"
+    label_key: Optional[str] = "image/class/label"
+    mixture: MixtureConfig = MixtureConfig()
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if v is not None and v not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {v}")
+        return v
+
+
+class GeneratorConfig(_Strict):
+    filters: int = Field(64, ge=1, description="DCGAN: filters of the last hidden layer.")
+    hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
+    batch_norm: bool = True
+    bn_decay: float = Field(0.99, gt=0, lt=1, description="Moving-average decay of BN stats.")
+
+
+class DiscriminatorConfig(_Strict):
+    filters: int = Field(64, ge=1, description="DCGAN: filters of the first conv layer.")
+    hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
+
+
+class ModelConfig(_Strict):
+    """The networks. Every field here fixes variable shapes: a model directory refuses to
+    resume under a config that changes any of them."""
+
+    architecture: Literal["dcgan", "mlp"] = "dcgan"
+    z_dim: int = Field(64, ge=1)
+    sample_shape: Optional[List[int]] = Field(
+        None, description="Shape of one example; filled in from the data source.")
+    generator: GeneratorConfig = GeneratorConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+
+
+class LossConfig(_Strict):
+    name: str = Field("non_saturating", description="A name in the loss registry.")
+    gradient_penalty_weight: float = Field(10.0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from estimator_gan import losses
+
+        if v not in losses.registered_losses():
+            raise ValueError(
+                f"unknown loss {v!r}; choose one of {', '.join(losses.registered_losses())}")
+        return v
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """The orchestrated loop: each global step is `d_steps` D updates (one input batch each)
+    followed by `g_steps` G updates that see the freshly updated D."""
+
+    max_steps: int = Field(2000, ge=1)
+    d_steps: int = Field(1, ge=1)
+    g_steps: int = Field(1, ge=1)
+    generator_optimizer: OptimizerConfig = OptimizerConfig()
+    discriminator_optimizer: OptimizerConfig = OptimizerConfig()
+    seed: Optional[int] = 0
+    log_every_steps: int = Field(100, ge=1)
+    save_checkpoints_steps: int = Field(500, ge=1)
+    save_summary_steps: int = Field(100, ge=1)
+    keep_checkpoint_max: int = Field(5, ge=1)
+    sample_grid: int = Field(8, ge=1, le=32, description="Sample PNG is a grid of n x n.")
+
+
+class Config(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key")
+        else:
+            msg = e["msg"]
+            for prefix in ("Value error, ", "Assertion failed, "):
+                msg = msg.replace(prefix, "")
+            parts.append(f"{where}: {msg} (got {e.get('input')!r})")
+    return "invalid config: " + "; ".join(parts)
+
+
+def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"invalid override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, Any]]:
+    """Turn `["train.max_steps=10", ...]` into `[("train.max_steps", 10), ...]`.
+
+    Values are parsed as YAML, so `1e-3`, `true`, `[64, 64]` and `null` mean what they look like.
+    """
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"invalid override {item!r}: expected key=value, e.g. train.max_steps=100")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def config_from_dict(tree: Optional[Dict[str, Any]], overrides: Sequence[str] = ()) -> Config:
+    tree = dict(tree or {})
+    tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy of plain data
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    tree: Dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return config_from_dict(tree, overrides)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a partial one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_config(config: Config, model_dir: str) -> str:
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+def load_model_dir_config(model_dir: str) -> Config:
+    """The effective config saved in a model directory by a training run."""
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{model_dir} has no {CONFIG_FILENAME}: is it a model directory written by estimator-gan?")
+    return load_config(path)
+
+
+def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def architecture_differences(saved: Config, new: Config) -> List[str]:
+    """Fields of `model` (the ones that fix variable shapes) that differ, as readable strings."""
+    a = _flatten(saved.model.model_dump(mode="json"), "model.")
+    b = _flatten(new.model.model_dump(mode="json"), "model.")
+    return [f"{k}: {a.get(k)!r} in the checkpoint's config, {b.get(k)!r} now"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -1,0 +1,396 @@
+"""Offline sample-quality metrics for GANs: the metric math and a dataset-specific feature net.
+
+Everything here runs without network access, so no Inception weights are used. Instead:
+
+* Image sets are compared in the feature space of a small CNN trained on the dataset's *own
+  labels* (`train_feature_classifier`). Its penultimate layer plays the role of Inception's
+  pool features (for `frechet_distance` and `kernel_distance`) and its softmax the role of
+  Inception's class probabilities (for `classifier_score`). The numbers are therefore only
+  comparable between runs that use the same classifier (same data, seed and cache file), never
+  with published FID/IS values.
+* Unlabelled images fall back to `fallback_features`, a fixed random projection of downsampled
+  pixels; it measures pixel-statistics distance, not semantic quality.
+* 2D mixture data is judged directly against the known modes (`mixture_mode_metrics`).
+
+FID and KID depend on the sample size (FID is biased upwards for small N), so a value on its
+own says little. `image_metrics` therefore also reports the real-vs-real reference at the same
+sample size: a generator is as good as these metrics can tell once it reaches that floor.
+
+All statistics are computed in float64; functions take numpy arrays and return Python floats
+or dicts of them.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import tensorflow as tf
+
+FEATURE_LAYER = "features"
+FEATURE_DIM = 128
+FALLBACK_MAX_SIDE = 16
+FALLBACK_DIM = 64
+FALLBACK_SEED = 0
+
+
+def _as_features(feats, name: str) -> np.ndarray:
+    feats = np.asarray(feats, dtype=np.float64)
+    if feats.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [N, D] array, got shape {feats.shape}")
+    if feats.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows, got {feats.shape[0]}")
+    if not np.all(np.isfinite(feats)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return feats
+
+
+def _as_feature_pair(feats_a, feats_b):
+    a = _as_features(feats_a, "feats_a")
+    b = _as_features(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    return a, b
+
+
+def _sqrt_psd(mat: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(mat)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """Fréchet distance between Gaussians fitted to two [N, D] feature sets (the FID formula).
+
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), covariances with ddof=1.
+    The trace of the matrix square root comes from the eigenvalues of the symmetric PSD matrix
+    S_a^1/2 S_b S_a^1/2, which stays stable for singular covariances (unlike `sqrtm`).
+    """
+    a, b = _as_feature_pair(feats_a, feats_b)
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    root_a = _sqrt_psd(cov_a)
+    m = root_a @ cov_b @ root_a
+    m = (m + m.T) / 2.0
+    tr_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)))
+    diff = mu_a - mu_b
+    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_covmean
+    return float(max(value, 0.0))
+
+
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    m = x.shape[0]
+    k_xx = _polynomial_kernel(x, x)
+    k_yy = _polynomial_kernel(y, y)
+    k_xy = _polynomial_kernel(x, y)
+    sum_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    sum_yy = (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(sum_xx + sum_yy - 2.0 * k_xy.mean())
+
+
+def kernel_distance(feats_a, feats_b, subset_size: int = 1000, num_subsets: int = 10,
+                    seed: int = 0) -> Dict[str, float]:
+    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3.
+
+    Averaged over `num_subsets` random subsets of size min(subset_size, len(a), len(b)) drawn
+    without replacement (seeded). Unbiased, so it can be slightly negative for equal
+    distributions. Returns {"mean", "std"} over the subsets.
+    """
+    a, b = _as_feature_pair(feats_a, feats_b)
+    if subset_size < 2 or num_subsets < 1:
+        raise ValueError("kernel_distance needs subset_size >= 2 and num_subsets >= 1")
+    m = min(subset_size, a.shape[0], b.shape[0])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_subsets):
+        x = a[rng.choice(a.shape[0], m, replace=False)]
+        y = b[rng.choice(b.shape[0], m, replace=False)]
+        values.append(_mmd2_unbiased(x, y))
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def classifier_score(probs, num_splits: int = 10) -> Dict[str, float]:
+    """Inception-Score formula exp(E_x[KL(p(y|x) || p(y))]) on [N, K] class-probability rows.
+
+    Computed on `num_splits` contiguous splits (p(y) is each split's mean row); returns
+    {"mean", "std"} over the splits. Ranges from 1 (one class, or uninformative rows) to K.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be a 2-D [N, K] array, got shape {p.shape}")
+    if not 1 <= num_splits <= p.shape[0]:
+        raise ValueError(f"num_splits must be in [1, N={p.shape[0]}], got {num_splits}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError("probs must be finite and non-negative")
+    sums = p.sum(axis=1, keepdims=True)
+    if not np.allclose(sums, 1.0, atol=1e-3):
+        raise ValueError("rows of probs must sum to 1")
+    p = p / sums
+    scores = []
+    for part in np.array_split(p, num_splits):
+        p_y = part.mean(axis=0, keepdims=True)
+        ratio = np.divide(part, p_y, out=np.ones_like(part), where=part > 0)
+        kl = np.sum(part * np.log(ratio), axis=1)
+        scores.append(np.exp(kl.mean()))
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores))}
+
+
+def mixture_mode_metrics(points, centres, std: float, k: float = 3.0,
+                         coverage_fraction: float = 0.1) -> Dict[str, Union[int, float, List[int]]]:
+    """Mode coverage and sample quality of 2D samples against a known mixture's centres.
+
+    A point is *high quality* if it lies within `k * std` (Euclidean) of its nearest centre,
+    and then counts for that mode. A mode is *covered* when it holds at least
+    max(1, coverage_fraction * N / K) high-quality points, i.e. by default 10% of what a
+    uniform spread of all N samples over the K modes would give, so a few stray points do not
+    count as capturing a mode.
+
+    Returns: modes_covered, num_modes, high_quality_share (fraction of all points that are high
+    quality), kl_to_uniform (KL(p || uniform) in nats of the high-quality histogram p over
+    modes, 0 for a perfect spread, log K for a single mode, NaN if no point is high quality),
+    counts (per-mode high-quality counts) and min_count_for_coverage.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    ctr = np.asarray(centres, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 1:
+        raise ValueError(f"points must be a non-empty [N, 2] array, got shape {pts.shape}")
+    if ctr.ndim != 2 or ctr.shape[1] != 2 or ctr.shape[0] < 1:
+        raise ValueError(f"centres must be a non-empty [K, 2] array, got shape {ctr.shape}")
+    if std <= 0 or k <= 0:
+        raise ValueError("std and k must be positive")
+    n, num_modes = pts.shape[0], ctr.shape[0]
+    dist = np.linalg.norm(pts[:, None, :] - ctr[None, :, :], axis=-1)
+    nearest = np.argmin(dist, axis=1)
+    good = dist[np.arange(n), nearest] <= k * std
+    counts = np.bincount(nearest[good], minlength=num_modes)
+    min_count = max(1.0, coverage_fraction * n / num_modes)
+    total = counts.sum()
+    if total > 0:
+        p = counts / total
+        nz = p > 0
+        kl = float(np.sum(p[nz] * np.log(p[nz] * num_modes)))
+    else:
+        kl = float("nan")
+    return {
+        "modes_covered": int(np.sum(counts >= min_count)),
+        "num_modes": int(num_modes),
+        "high_quality_share": float(good.mean()),
+        "kl_to_uniform": kl,
+        "counts": [int(c) for c in counts],
+        "min_count_for_coverage": float(min_count),
+    }
+
+
+def _require_eager(what: str) -> None:
+    if not tf.executing_eagerly():
+        raise RuntimeError(
+            f"{what} must run eagerly, outside any tf.Graph().as_default() block, Estimator "
+            "model_fn or tf.function; call it before or after building the Estimator graph.")
+
+
+def _as_images(images, name: str = "images") -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"{name} must be a 4-D [N, H, W, C] array, got shape {images.shape}")
+    if images.shape[0] < 1:
+        raise ValueError(f"{name} is empty")
+    return images
+
+
+class FeatureClassifier:
+    """A trained Keras classifier exposing its 128-d penultimate features and its softmax."""
+
+    def __init__(self, model: tf.keras.Model):
+        self.model = model
+        self.input_shape = tuple(int(d) for d in model.input_shape[1:])
+        self.num_classes = int(model.output_shape[-1])
+        self._feature_model = tf.keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output)
+
+    def _check(self, images) -> np.ndarray:
+        _require_eager("FeatureClassifier")
+        images = _as_images(images)
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"images have shape {tuple(images.shape[1:])} but the feature classifier was "
+                f"trained on {self.input_shape}; retrain it (or use another cache_path)")
+        return images
+
+    def features(self, images, batch_size: int = 256) -> np.ndarray:
+        """[N, 128] float64 features from the penultimate ('features') layer."""
+        images = self._check(images)
+        out = self._feature_model.predict(images, batch_size=batch_size, verbose=0)
+        return np.asarray(out, dtype=np.float64)
+
+    def probabilities(self, images, batch_size: int = 256) -> np.ndarray:
+        """[N, num_classes] float64 softmax class probabilities."""
+        images = self._check(images)
+        out = self.model.predict(images, batch_size=batch_size, verbose=0)
+        return np.asarray(out, dtype=np.float64)
+
+    def accuracy(self, images, labels, batch_size: int = 256) -> float:
+        """Top-1 accuracy on labelled images."""
+        labels = np.asarray(labels).reshape(-1)
+        preds = np.argmax(self.probabilities(images, batch_size=batch_size), axis=1)
+        if preds.shape[0] != labels.shape[0]:
+            raise ValueError(f"{preds.shape[0]} images but {labels.shape[0]} labels")
+        return float(np.mean(preds == labels))
+
+
+def _build_classifier(input_shape, num_classes: int) -> tf.keras.Model:
+    layers = tf.keras.layers
+    inputs = tf.keras.Input(shape=input_shape)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(FEATURE_DIM, activation="relu", name=FEATURE_LAYER)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return tf.keras.Model(inputs, outputs, name="feature_classifier")
+
+
+def _save_atomically(model: tf.keras.Model, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
+    os.close(fd)
+    try:
+        model.save(tmp, overwrite=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def train_feature_classifier(images, labels, num_classes: int, cache_path: Optional[str] = None,
+                             seed: int = 0, epochs: int = 3,
+                             batch_size: int = 128) -> FeatureClassifier:
+    """Train (or load from `cache_path`) the dataset-specific feature classifier.
+
+    images: [N, H, W, C] float32 in [-1, 1]; labels: [N] ints in [0, num_classes). The network
+    is conv32-pool-conv64-pool-dense128 ('features')-softmax, trained with Adam on seeded
+    per-epoch shuffles (`tf.keras.utils.set_random_seed(seed)`; Python's and numpy's global
+    random states are restored afterwards). Must be called eagerly (RuntimeError otherwise).
+
+    If `cache_path` (a `.keras` file) exists it is loaded instead of training, after checking
+    that its input shape and class count match; otherwise the trained model is saved there
+    atomically (temporary file, then os.replace).
+    """
+    _require_eager("train_feature_classifier")
+    images = _as_images(images)
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(labels == np.round(labels)):
+            raise ValueError("labels must be integers")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    if cache_path is not None and not str(cache_path).endswith(".keras"):
+        raise ValueError(f"cache_path must end in '.keras', got {cache_path!r}")
+
+    if cache_path is not None and os.path.exists(cache_path):
+        classifier = FeatureClassifier(tf.keras.models.load_model(cache_path, compile=False))
+        if classifier.input_shape != tuple(images.shape[1:]):
+            raise ValueError(
+                f"cached feature classifier {cache_path} expects images of shape "
+                f"{classifier.input_shape}, got {tuple(images.shape[1:])}")
+        if classifier.num_classes != num_classes:
+            raise ValueError(
+                f"cached feature classifier {cache_path} has {classifier.num_classes} classes, "
+                f"expected {num_classes}")
+        return classifier
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        tf.keras.utils.set_random_seed(seed)
+        model = _build_classifier(images.shape[1:], num_classes)
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rng = np.random.default_rng(seed)
+        for _ in range(epochs):
+            order = rng.permutation(images.shape[0])
+            model.fit(images[order], labels[order], batch_size=batch_size, epochs=1,
+                      shuffle=False, verbose=0)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    if cache_path is not None:
+        _save_atomically(model, cache_path)
+    return FeatureClassifier(model)
+
+
+def _area_downsample(images: np.ndarray, max_side: int) -> np.ndarray:
+    for axis in (1, 2):
+        size = images.shape[axis]
+        if size > max_side:
+            starts = (np.arange(max_side) * size) // max_side
+            widths = np.diff(np.append(starts, size)).astype(np.float64)
+            shape = [1, 1, 1, 1]
+            shape[axis] = max_side
+            images = np.add.reduceat(images, starts, axis=axis) / widths.reshape(shape)
+    return images
+
+
+def fallback_features(images) -> np.ndarray:
+    """Deterministic 64-d features for unlabelled [N, H, W, C] images.
+
+    Each image is area-averaged down to at most 16x16 (per side), flattened, and multiplied by
+    a fixed Gaussian random matrix (seed 0, scaled by 1/sqrt(dim)) to 64 dimensions; the map is
+    purely linear. Frechet/kernel distances on these features compare low-resolution pixel
+    statistics (means and covariances in a random subspace), not semantic quality, and are only
+    comparable between image sets of the same shape.
+    """
+    images = _as_images(images).astype(np.float64)
+    small = _area_downsample(images, FALLBACK_MAX_SIDE)
+    flat = small.reshape(small.shape[0], -1)
+    dim = flat.shape[1]
+    projection = np.random.default_rng(FALLBACK_SEED).standard_normal((dim, FALLBACK_DIM))
+    return flat @ (projection / np.sqrt(dim))
+
+
+def image_metrics(real_feats, fake_feats, real_ref_feats=None, fake_probs=None,
+                  kid_subset_size: int = 1000, kid_num_subsets: int = 10, seed: int = 0,
+                  num_splits: int = 10) -> Dict[str, float]:
+    """FID/KID of fake vs real features, plus the real-vs-real reference and classifier score.
+
+    Keys: frechet_distance, kid_mean, kid_std, num_fake, and, with `real_ref_feats` (a second
+    real sample, disjoint from `real_feats` and of the same size as `fake_feats`),
+    frechet_distance_real_ref, kid_real_ref, kid_real_ref_std; with `fake_probs`,
+    classifier_score and classifier_score_std.
+    """
+    real = _as_features(real_feats, "real_feats")
+    fake = _as_features(fake_feats, "fake_feats")
+    kid = kernel_distance(real, fake, kid_subset_size, kid_num_subsets, seed)
+    out = {
+        "frechet_distance": frechet_distance(real, fake),
+        "kid_mean": kid["mean"],
+        "kid_std": kid["std"],
+        "num_fake": int(fake.shape[0]),
+    }
+    if real_ref_feats is not None:
+        ref = _as_features(real_ref_feats, "real_ref_feats")
+        if ref.shape[0] != fake.shape[0]:
+            raise ValueError(
+                f"real_ref_feats must have as many rows as fake_feats for a like-for-like "
+                f"reference ({ref.shape[0]} vs {fake.shape[0]})")
+        kid_ref = kernel_distance(real, ref, kid_subset_size, kid_num_subsets, seed)
+        out["frechet_distance_real_ref"] = frechet_distance(real, ref)
+        out["kid_real_ref"] = kid_ref["mean"]
+        out["kid_real_ref_std"] = kid_ref["std"]
+    if fake_probs is not None:
+        score = classifier_score(fake_probs, num_splits=num_splits)
+        out["classifier_score"] = score["mean"]
+        out["classifier_score_std"] = score["std"]
+    return out

@@ -1,0 +1,101 @@
+"""GAN losses, chosen by name from one registry.
+
+A loss is a pair of functions:
+
+    discriminator_loss(inputs: DiscriminatorLossInputs, config: LossConfig) -> scalar
+    generator_loss(fake_logits, config: LossConfig) -> scalar
+
+The discriminator side gets both logits, both batches and the discriminator itself (a callable
+from samples to logits, with the same weights), which a gradient penalty needs. The generator
+side gets only the logits of its fakes, so a G update never evaluates D on real data.
+Register your own with `register_loss(name, discriminator_loss, generator_loss)`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, NamedTuple
+
+import tensorflow as tf
+
+
+class DiscriminatorLossInputs(NamedTuple):
+    real_logits: tf.Tensor
+    fake_logits: tf.Tensor
+    real: tf.Tensor
+    fake: tf.Tensor
+    discriminator: Callable[[tf.Tensor], tf.Tensor]
+
+
+class GANLoss(NamedTuple):
+    name: str
+    discriminator_loss: Callable[[DiscriminatorLossInputs, object], tf.Tensor]
+    generator_loss: Callable[[tf.Tensor, object], tf.Tensor]
+
+
+_REGISTRY: Dict[str, GANLoss] = {}
+
+
+def register_loss(name: str, discriminator_loss, generator_loss, overwrite: bool = False) -> GANLoss:
+    """Add a loss to the registry so that configs can name it (`loss.name`)."""
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"a loss named {name!r} is already registered")
+    if not (callable(discriminator_loss) and callable(generator_loss)):
+        raise TypeError(f"loss {name!r}: discriminator_loss and generator_loss must be callable")
+    _REGISTRY[name] = GANLoss(name, discriminator_loss, generator_loss)
+    return _REGISTRY[name]
+
+
+def registered_losses() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def get_loss(name: str) -> GANLoss:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(registered_losses())}") from None
+
+
+def _mean(x):
+    return tf.reduce_mean(x)
+
+
+def _cross_entropy_d(inputs, config):
+    return _mean(tf.nn.softplus(-inputs.real_logits)) + _mean(tf.nn.softplus(inputs.fake_logits))
+
+
+def gradient_penalty(inputs: DiscriminatorLossInputs) -> tf.Tensor:
+    """WGAN-GP: E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates of real and fake."""
+    real, fake = inputs.real, tf.stop_gradient(inputs.fake)
+    eps_shape = [tf.shape(real)[0]] + [1] * (real.shape.rank - 1)
+    eps = tf.random.uniform(eps_shape, 0.0, 1.0)
+    interpolates = real + eps * (fake - real)
+    logits = inputs.discriminator(interpolates)
+    grads = tf.gradients(tf.reduce_sum(logits), [interpolates])[0]
+    norms = tf.sqrt(tf.reduce_sum(tf.reshape(tf.square(grads), [tf.shape(grads)[0], -1]), axis=1) + 1e-12)
+    return _mean(tf.square(norms - 1.0))
+
+
+def _wasserstein_d(inputs, config):
+    loss = _mean(inputs.fake_logits) - _mean(inputs.real_logits)
+    if config.gradient_penalty_weight > 0:
+        loss += config.gradient_penalty_weight * gradient_penalty(inputs)
+    return loss
+
+
+register_loss(
+    "non_saturating", _cross_entropy_d,
+    lambda fake_logits, config: _mean(tf.nn.softplus(-fake_logits)))
+register_loss(
+    "minimax", _cross_entropy_d,
+    lambda fake_logits, config: -_mean(tf.nn.softplus(fake_logits)))
+register_loss(
+    "wasserstein", _wasserstein_d,
+    lambda fake_logits, config: -_mean(fake_logits))
+register_loss(
+    "hinge",
+    lambda i, config: _mean(tf.nn.relu(1.0 - i.real_logits)) + _mean(tf.nn.relu(1.0 + i.fake_logits)),
+    lambda fake_logits, config: -_mean(fake_logits))
+register_loss(
+    "least_squares",
+    lambda i, config: 0.5 * (_mean(tf.square(i.real_logits - 1.0)) + _mean(tf.square(i.fake_logits))),
+    lambda fake_logits, config: 0.5 * _mean(tf.square(fake_logits - 1.0)))
