@@ -1,4 +1,9 @@
-"""estimator-gan: GANs on TensorFlow Estimators, with the generator exported for serving."""
+"""estimator-gan: GANs on TensorFlow Estimators, with the generator exported for serving.
+
+Names are loaded on first use, so that `import estimator_gan.cli` does not import TensorFlow
+before the command line has set its logging options.
+"""
+import importlib as _importlib
 import sys as _sys
 
 if not ((3, 9) <= _sys.version_info[:2] < (3, 12)):
@@ -6,8 +11,23 @@ if not ((3, 9) <= _sys.version_info[:2] < (3, 12)):
         f"estimator-gan needs Python >=3.9,<3.12 (TensorFlow 2.15 with tf.estimator); "
         f"this is Python {_sys.version.split()[0]}")
 
-from estimator_gan.config import Config, ConfigError, load_config  # noqa: E402
-from estimator_gan.training import GAN  # noqa: E402
-
 __version__ = "0.1.0"
-__all__ = ["GAN", "Config", "ConfigError", "load_config", "__version__"]
+
+_EXPORTS = {
+    "GAN": "estimator_gan.training",
+    "Config": "estimator_gan.config",
+    "ConfigError": "estimator_gan.config",
+    "load_config": "estimator_gan.config",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(_importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'estimator_gan' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -15,7 +15,7 @@ DEFAULT_MODEL_DIR = os.path.join("runs", "default")
 
 
 def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging
 
     import tensorflow as tf
