@@ -107,6 +107,9 @@ class ModelConfig(_Strict):
     z_dim: int = Field(64, ge=1)
     sample_shape: Optional[List[int]] = Field(
         None, description="Shape of one example; filled in from the data source.")
+    conditional: bool = Field(False, description="Condition G and D on class labels.")
+    num_classes: Optional[int] = Field(
+        None, ge=1, description="Classes of a conditional model; filled in from the data source.")
     generator: GeneratorConfig = GeneratorConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
