@@ -92,11 +92,21 @@ class GeneratorConfig(_Strict):
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
     batch_norm: bool = True
     bn_decay: float = Field(0.99, gt=0, lt=1, description="Moving-average decay of BN stats.")
+    ema_decay: Optional[float] = Field(
+        0.999, ge=0, lt=1,
+        description="Keep an exponential moving average of G's weights with this decay "
+                    "(warmed up as min(decay, (1+n)/(10+n)) over G updates n); null: no EMA.")
+    inference_weights: Literal["ema", "raw"] = Field(
+        "ema", description="Weights EVAL, PREDICT and export use: the moving average or the raw "
+                           "weights. Not part of the architecture: may differ between runs.")
 
 
 class DiscriminatorConfig(_Strict):
     filters: int = Field(64, ge=1, description="DCGAN: filters of the first conv layer.")
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
+    spectral_norm: bool = Field(
+        False, description="Divide every D weight by its largest singular value (one power "
+                           "iteration per D update).")
 
 
 class ModelConfig(_Strict):
@@ -275,9 +285,13 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+# Fields of `model` that choose how a checkpoint is used, not what it holds.
+_NOT_ARCHITECTURE = {"model.generator.inference_weights"}
+
+
 def architecture_differences(saved: Config, new: Config) -> List[str]:
     """Fields of `model` (the ones that fix variable shapes) that differ, as readable strings."""
     a = _flatten(saved.model.model_dump(mode="json"), "model.")
     b = _flatten(new.model.model_dump(mode="json"), "model.")
     return [f"{k}: {a.get(k)!r} in the checkpoint's config, {b.get(k)!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in _NOT_ARCHITECTURE]

@@ -15,6 +15,20 @@ under `G_train/` / `D_train/`) and the `generator_step` / `discriminator_step` c
 checkpoint written by any of them restores into the others. `params` is `{"config": Config}`,
 optionally with `generator_fn`, `discriminator_fn` and `loss` (a `losses.GANLoss`) overriding the
 built-ins the config names.
+
+Sample-quality state, also in every TRAIN graph and so in every checkpoint:
+
+* Generator EMA (`model.generator.ema_decay`): each trainable G variable `v` has a
+  non-trainable shadow `v/ExponentialMovingAverage`, updated right after every G update with
+  decay min(ema_decay, (1 + n) / (10 + n)), n = `generator_step` after the update. EVAL and
+  PREDICT (hence export) read the shadows instead of `v` through a custom getter, unless
+  `model.generator.inference_weights` is `raw`; `generator(..., use_ema=True)` forces them in any
+  mode (e.g. to recompute batch-norm statistics for the EMA weights in TRAIN mode).
+* Spectral norm (`model.discriminator.spectral_norm`): the power-iteration vectors `.../sn_u`
+  advance exactly once per D update, after its gradients: every D call of one update (real,
+  fake, gradient penalty) uses the same `u`, and the G update's D call uses the updated one.
+  G-only training leaves them alone.
+* Conditional models get their labels validated in-graph (int32 ids in [0, num_classes)).
 """
 from __future__ import annotations
 
@@ -66,12 +80,56 @@ def _collection_delta(key, fn):
     return out, [op for op in after[len(before):]]
 
 
-def generator(noise, labels, mode, params):
-    """Run the generator in its variable scope; returns (samples, its new BN update ops)."""
+EMA_SUFFIX = "ExponentialMovingAverage"
+
+
+def checked_labels(labels, params):
+    """The labels a conditional model's networks get: int32 [B], asserted in-graph to lie in
+    [0, model.num_classes). Unconditional models get `labels` unchanged (networks ignore them)."""
+    model = _config(params).model
+    if not model.conditional:
+        return labels
+    if labels is None:
+        raise ValueError(
+            "model.conditional is true but no labels reached the model: training and evaluation "
+            "need a labelled data source; PREDICT needs features {'noise': ..., 'labels': ...}")
+    labels = tf.convert_to_tensor(labels)
+    if not labels.dtype.is_integer:
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype.name}")
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    n = model.num_classes
+    message = f"labels must be class ids in [0, {n}) (model.num_classes={n})"
+    with tf.control_dependencies([tf.debugging.assert_non_negative(labels, message=message),
+                                  tf.debugging.assert_less(labels, n, message=message)]):
+        return tf.identity(labels)
+
+
+def uses_ema(mode, params, use_ema: Optional[bool] = None) -> bool:
+    """Whether G reads its moving-average weights: by default in EVAL and PREDICT when the config
+    keeps an EMA and `inference_weights` is `ema`."""
+    gcfg = _config(params).model.generator
+    if use_ema is None:
+        use_ema = mode != ModeKeys.TRAIN and gcfg.inference_weights == "ema"
+    return bool(use_ema) and gcfg.ema_decay is not None
+
+
+def _ema_getter(getter, name, *args, **kwargs):
+    """Hands out each trainable variable's moving-average shadow in its place."""
+    if kwargs.get("trainable") is False:
+        return getter(name, *args, **kwargs)
+    kwargs["trainable"] = False
+    return getter(f"{name}/{EMA_SUFFIX}", *args, **kwargs)
+
+
+def generator(noise, labels, mode, params, use_ema: Optional[bool] = None):
+    """Run the generator in its variable scope; returns (samples, its new BN update ops).
+    `use_ema` (default: `uses_ema(mode, params)`) makes it read the moving-average weights."""
     gen_fn, _ = _networks(params)
+    labels = checked_labels(labels, params)
+    getter = _ema_getter if uses_ema(mode, params, use_ema) else None
 
     def call():
-        with v1.variable_scope(GENERATOR_SCOPE, reuse=v1.AUTO_REUSE):
+        with v1.variable_scope(GENERATOR_SCOPE, reuse=v1.AUTO_REUSE, custom_getter=getter):
             return gen_fn(noise, labels, mode, params)
 
     return _collection_delta(v1.GraphKeys.UPDATE_OPS, call)
@@ -81,6 +139,7 @@ def discriminator(samples, labels, mode, params):
     """Run the discriminator in its variable scope, with the same weights on every call;
     returns (logits [B], its new update ops)."""
     _, disc_fn = _networks(params)
+    labels = checked_labels(labels, params)
 
     def call():
         with v1.variable_scope(DISCRIMINATOR_SCOPE, reuse=v1.AUTO_REUSE):
@@ -138,13 +197,24 @@ def _apply(optimizer, loss, var_list, counter, name_scope, update_ops=()):
         return optimizer.apply_gradients(grads_and_vars, global_step=counter)
 
 
+def _spectral_norm_assignments(fn):
+    """Run `fn` (one D call); return its result and the assignments of the power-iteration
+    vectors it recorded (see `nets.spectral_normalize`)."""
+    (out, vectors) = _collection_delta(nets.SPECTRAL_NORM_VECTORS, lambda: _collection_delta(
+        nets.SPECTRAL_NORM_UPDATES, fn))
+    result, updates = out
+    return result, list(zip(vectors, updates))
+
+
 def discriminator_update(real, labels, params):
-    """One D update: fakes from G (training mode) under stop_gradient; D's var_list only."""
+    """One D update: fakes from G (training mode) under stop_gradient; D's var_list only.
+    Spectral-norm vectors advance after the update, from the real-batch call's power step."""
     loss = _loss(params)
     cfg = _config(params)
     fake, _ = generator(sample_noise(tf.shape(real)[0], params), labels, ModeKeys.TRAIN, params)
     fake = tf.stop_gradient(fake)
-    real_logits, upd_real = discriminator(real, labels, ModeKeys.TRAIN, params)
+    (real_logits, upd_real), sn_pairs = _spectral_norm_assignments(
+        lambda: discriminator(real, labels, ModeKeys.TRAIN, params))
     fake_logits, upd_fake = discriminator(fake, labels, ModeKeys.TRAIN, params)
     inputs = losses_lib.DiscriminatorLossInputs(
         real_logits, fake_logits, real, fake,
@@ -153,7 +223,34 @@ def discriminator_update(real, labels, params):
     _, d_opt = _optimizers(params)
     op = _apply(d_opt, d_loss, role_variables(DISCRIMINATOR_SCOPE), step_counter(DISCRIMINATOR_STEP),
                 "D_train", upd_real + upd_fake)
+    if sn_pairs:
+        # After the update: every read of `u` in this update (all feed its gradients) is done.
+        with tf.control_dependencies([op]):
+            op = tf.group([v1.assign(u, u_new) for u, u_new in sn_pairs])
     return op, d_loss
+
+
+def ema_variable(var) -> tf.Variable:
+    """The moving-average shadow of a generator variable. Its initializer reuses the variable's
+    initial-value tensor, so one initializer run (the Estimator's) gives both the same value."""
+    with v1.variable_scope(v1.VariableScope(reuse=v1.AUTO_REUSE, name="")):
+        return v1.get_variable(f"{var.op.name}/{EMA_SUFFIX}", initializer=var.initial_value,
+                               trainable=False, aggregation=tf.VariableAggregation.MEAN)
+
+
+def _update_ema(params, after):
+    """Move every shadow towards its G variable once `after` (a G update) has run."""
+    decay = _config(params).model.generator.ema_decay
+    if decay is None:
+        return after
+    with tf.control_dependencies([after]):
+        n = tf.cast(step_counter(GENERATOR_STEP).read_value(), tf.float32)
+        rate = 1.0 - tf.minimum(decay, (1.0 + n) / (10.0 + n))
+        updates = []
+        for var in role_variables(GENERATOR_SCOPE):
+            shadow = ema_variable(var)
+            updates.append(v1.assign_sub(shadow, (shadow - var.read_value()) * rate))
+        return tf.group(updates)
 
 
 def generator_update(batch_size, labels, params):
@@ -166,7 +263,7 @@ def generator_update(batch_size, labels, params):
     g_opt, _ = _optimizers(params)
     op = _apply(g_opt, g_loss, role_variables(GENERATOR_SCOPE), step_counter(GENERATOR_STEP),
                 "G_train", g_updates)
-    return op, g_loss
+    return _update_ema(params, op), g_loss
 
 
 def _sample_grid_tensor(params):
@@ -174,7 +271,7 @@ def _sample_grid_tensor(params):
     cfg = _config(params)
     count = 1024 if len(cfg.model.sample_shape) == 1 else cfg.train.sample_grid ** 2
     noise = np.random.RandomState(1234).standard_normal((count, cfg.model.z_dim)).astype(np.float32)
-    labels = tf.constant(np.arange(count) % 10, tf.int32)
+    labels = tf.constant(np.arange(count) % cfg.model.num_classes, tf.int32) if cfg.model.conditional else None
     samples, _ = generator(tf.constant(noise), labels, ModeKeys.PREDICT, params)
     return samples
 

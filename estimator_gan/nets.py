@@ -10,6 +10,12 @@ variable scope (`generator` / `discriminator`, with reuse) around each call, so 
 names its layers and can be called any number of times with the same weights. Variables are made
 with `tf.compat.v1.get_variable`; batch norm puts its moving-statistics updates in the
 `UPDATE_OPS` collection when `mode` is TRAIN and uses the moving statistics otherwise.
+
+Conditional models (`model.conditional`) get int32 class ids `labels` [B] in
+[0, model.num_classes): the generator concatenates a one-hot code to the noise and uses
+class-conditional batch norm; the discriminator adds a projection term <embed(y), h> to its logit
+(Miyato & Koyama, 2018). With `model.discriminator.spectral_norm`, every D weight is divided by an
+estimate of its largest singular value (`spectral_normalize`).
 """
 from __future__ import annotations
 
@@ -29,19 +35,76 @@ def _get(name, shape, initializer, trainable=True, **kwargs):
                            trainable=trainable, **kwargs)
 
 
-def dense(x, units: int, name: str, initializer=None) -> tf.Tensor:
+# Spectral normalisation's power-iteration state, per TRAIN-mode call, in matching order: the
+# `u` variables and their one-step updates. The caller assigns them once per D update, after
+# every read of `u` in that update (see model_fns.discriminator_update), so all calls of one
+# update see the same `u`.
+SPECTRAL_NORM_VECTORS = "spectral_norm_vectors"
+SPECTRAL_NORM_UPDATES = "spectral_norm_updates"
+
+
+def _l2_normalize(x):
+    return x * tf.math.rsqrt(tf.reduce_sum(tf.square(x)) + 1e-12)
+
+
+def spectral_normalize(kernel, training: bool) -> tf.Tensor:
+    """`kernel / sigma`, sigma the largest singular value of the kernel reshaped to
+    [-1, out_channels] (for a conv kernel an estimate of the layer's operator norm, as in
+    Miyato et al., 2018), from one power-iteration step on a non-trainable vector `sn_u`.
+
+    Every call computes the step from the stored `u` without changing it, so EVAL and PREDICT
+    are deterministic. In TRAIN mode the call also records (`u`, its update) in the
+    `SPECTRAL_NORM_VECTORS` / `SPECTRAL_NORM_UPDATES` collections for the caller to assign.
+    """
+    out = int(kernel.shape[-1])
+    w = tf.reshape(kernel, [-1, out])
+    u = _get("sn_u", [1, out], v1.random_normal_initializer(), trainable=False,
+             aggregation=tf.VariableAggregation.MEAN)
+    v = tf.stop_gradient(_l2_normalize(tf.matmul(u, w, transpose_b=True)))
+    u_new = tf.stop_gradient(_l2_normalize(tf.matmul(v, w)))
+    sigma = tf.reduce_sum(tf.matmul(v, w) * u_new)
+    if training:
+        v1.add_to_collection(SPECTRAL_NORM_VECTORS, u)
+        v1.add_to_collection(SPECTRAL_NORM_UPDATES, u_new)
+    return kernel / sigma
+
+
+def _kernel(shape, initializer, spectral_norm: bool, training: bool):
+    kernel = _get("kernel", shape, initializer)
+    return spectral_normalize(kernel, training) if spectral_norm else kernel
+
+
+def dense(x, units: int, name: str, initializer=None, spectral_norm: bool = False,
+          training: bool = False) -> tf.Tensor:
     with v1.variable_scope(name):
-        kernel = _get("kernel", [int(x.shape[-1]), units], initializer or v1.glorot_uniform_initializer())
+        kernel = _kernel([int(x.shape[-1]), units], initializer or v1.glorot_uniform_initializer(),
+                         spectral_norm, training)
         bias = _get("bias", [units], v1.zeros_initializer())
         return tf.matmul(x, kernel) + bias
 
 
-def conv2d(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2, initializer=None):
+def conv2d(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2, initializer=None,
+           spectral_norm: bool = False, training: bool = False):
     with v1.variable_scope(name):
-        kernel = _get("kernel", [kernel_size, kernel_size, int(x.shape[-1]), filters],
-                      initializer or _DCGAN_INIT)
+        kernel = _kernel([kernel_size, kernel_size, int(x.shape[-1]), filters],
+                         initializer or _DCGAN_INIT, spectral_norm, training)
         bias = _get("bias", [filters], v1.zeros_initializer())
         return tf.nn.conv2d(x, kernel, strides=stride, padding="SAME") + bias
+
+
+def embedding(labels, num_classes: int, dim: int, name: str, spectral_norm: bool = False,
+              training: bool = False) -> tf.Tensor:
+    """Rows of a learned [num_classes, dim] matrix, one per label: [B, dim]."""
+    with v1.variable_scope(name):
+        table = _kernel([num_classes, dim], v1.glorot_uniform_initializer(), spectral_norm, training)
+        return tf.gather(table, labels)
+
+
+def projection(features, labels, num_classes: int, name: str = "projection",
+               spectral_norm: bool = False, training: bool = False) -> tf.Tensor:
+    """The projection discriminator's class term <embed(y), h> for features h [B, D]: [B]."""
+    embedded = embedding(labels, num_classes, int(features.shape[-1]), name, spectral_norm, training)
+    return tf.reduce_sum(embedded * features, axis=1)
 
 
 def conv2d_transpose(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2,
@@ -57,17 +120,26 @@ def conv2d_transpose(x, filters: int, name: str, kernel_size: int = 4, stride: i
         return y + bias
 
 
-def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float = 1e-5):
+def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float = 1e-5,
+               labels=None, num_classes: Optional[int] = None):
     """Batch norm over all axes but the last.
 
     Training: normalises with the batch's statistics and adds the moving-average updates to
     `UPDATE_OPS` (the caller decides whether they run). Otherwise: uses the moving statistics,
-    so inference is deterministic.
+    so inference is deterministic. With `labels` (and `num_classes`) the scale and offset are
+    per class (conditional batch norm): `gamma`/`beta` are [num_classes, channels] tables.
     """
     channels = int(x.shape[-1])
     with v1.variable_scope(name):
-        gamma = _get("gamma", [channels], v1.ones_initializer())
-        beta = _get("beta", [channels], v1.zeros_initializer())
+        if labels is None:
+            gamma = _get("gamma", [channels], v1.ones_initializer())
+            beta = _get("beta", [channels], v1.zeros_initializer())
+        else:
+            per_example = [-1] + [1] * (x.shape.rank - 2) + [channels]
+            gamma = tf.reshape(tf.gather(
+                _get("gamma", [num_classes, channels], v1.ones_initializer()), labels), per_example)
+            beta = tf.reshape(tf.gather(
+                _get("beta", [num_classes, channels], v1.zeros_initializer()), labels), per_example)
         stat_kwargs = dict(trainable=False, aggregation=tf.VariableAggregation.MEAN)
         moving_mean = _get("moving_mean", [channels], v1.zeros_initializer(), **stat_kwargs)
         moving_var = _get("moving_variance", [channels], v1.ones_initializer(), **stat_kwargs)
@@ -85,6 +157,17 @@ def _config(params):
     return params["config"]
 
 
+def _condition(cfg, labels):
+    """The labels if the model is conditional, else None (the networks then ignore labels)."""
+    return labels if cfg.model.conditional else None
+
+
+def _with_one_hot(noise, labels, cfg):
+    if labels is None:
+        return noise
+    return tf.concat([noise, tf.one_hot(labels, cfg.model.num_classes, dtype=noise.dtype)], axis=1)
+
+
 def _upsampling_plan(height: int, width: int) -> Tuple[int, int, int]:
     """How many stride-2 layers fit: halve while both sides stay whole and >= 4 (at most 4)."""
     n = 0
@@ -94,9 +177,11 @@ def _upsampling_plan(height: int, width: int) -> Tuple[int, int, int]:
 
 
 def dcgan_generator(noise, labels, mode, params):
-    """DCGAN generator sized from the sample shape: dense -> (deconv, BN, ReLU)* -> tanh."""
+    """DCGAN generator sized from the sample shape: dense -> (deconv, BN, ReLU)* -> tanh.
+    Conditional: one-hot label concatenated to the noise, class-conditional batch norm."""
     cfg = _config(params)
     gcfg = cfg.model.generator
+    labels = _condition(cfg, labels)
     height, width, channels = cfg.model.sample_shape
     n_up, h0, w0 = _upsampling_plan(height, width)
     training = mode == ModeKeys.TRAIN
@@ -104,10 +189,11 @@ def dcgan_generator(noise, labels, mode, params):
 
     def norm_relu(x, name):
         if gcfg.batch_norm:
-            x = batch_norm(x, training, name, decay=gcfg.bn_decay)
+            x = batch_norm(x, training, name, decay=gcfg.bn_decay, labels=labels,
+                           num_classes=cfg.model.num_classes)
         return tf.nn.relu(x)
 
-    x = dense(noise, h0 * w0 * filters[0], "project", initializer=_DCGAN_INIT)
+    x = dense(_with_one_hot(noise, labels, cfg), h0 * w0 * filters[0], "project", initializer=_DCGAN_INIT)
     x = norm_relu(tf.reshape(x, [-1, h0, w0, filters[0]]), "project_bn")
     for i in range(1, n_up):
         x = norm_relu(conv2d_transpose(x, filters[i], f"deconv{i}"), f"deconv{i}_bn")
@@ -120,27 +206,39 @@ def dcgan_generator(noise, labels, mode, params):
 
 def dcgan_discriminator(samples, labels, mode, params):
     """DCGAN discriminator: (stride-2 conv, leaky ReLU)* -> dense logit. No batch norm, so the
-    same network works with every loss (gradient penalty included)."""
+    same network works with every loss (gradient penalty included). Conditional: plus the
+    projection term on the flattened features."""
     cfg = _config(params)
     height, width, _ = cfg.model.sample_shape
     n_down, _, _ = _upsampling_plan(height, width)
+    sn = dict(spectral_norm=cfg.model.discriminator.spectral_norm, training=mode == ModeKeys.TRAIN)
     x = samples
     for i in range(max(n_down, 1)):
-        x = tf.nn.leaky_relu(conv2d(x, cfg.model.discriminator.filters * 2 ** i, f"conv{i}"), 0.2)
+        x = tf.nn.leaky_relu(conv2d(x, cfg.model.discriminator.filters * 2 ** i, f"conv{i}", **sn), 0.2)
     x = tf.reshape(x, [-1, int(math.prod(x.shape[1:]))])
-    return tf.squeeze(dense(x, 1, "logit", initializer=_DCGAN_INIT), axis=1)
+    return _logits(x, _condition(cfg, labels), cfg, sn, initializer=_DCGAN_INIT)
+
+
+def _logits(features, labels, cfg, sn, initializer=None):
+    logits = tf.squeeze(dense(features, 1, "logit", initializer=initializer, **sn), axis=1)
+    if labels is None:
+        return logits
+    return logits + projection(features, labels, cfg.model.num_classes, **sn)
 
 
 def mlp_generator(noise, labels, mode, params):
-    """MLP generator for low-dimensional data (e.g. 2D mixtures); linear output."""
+    """MLP generator for low-dimensional data (e.g. 2D mixtures); linear output.
+    Conditional: one-hot label concatenated to the noise, class-conditional batch norm."""
     cfg = _config(params)
     gcfg = cfg.model.generator
+    labels = _condition(cfg, labels)
     training = mode == ModeKeys.TRAIN
-    x = noise
+    x = _with_one_hot(noise, labels, cfg)
     for i, units in enumerate(gcfg.hidden_units):
         x = dense(x, units, f"hidden{i}")
         if gcfg.batch_norm:
-            x = batch_norm(x, training, f"hidden{i}_bn", decay=gcfg.bn_decay)
+            x = batch_norm(x, training, f"hidden{i}_bn", decay=gcfg.bn_decay, labels=labels,
+                           num_classes=cfg.model.num_classes)
         x = tf.nn.relu(x)
     shape = list(cfg.model.sample_shape)
     x = dense(x, int(math.prod(shape)), "output")
@@ -148,11 +246,14 @@ def mlp_generator(noise, labels, mode, params):
 
 
 def mlp_discriminator(samples, labels, mode, params):
+    """MLP discriminator, leaky ReLU; conditional: plus the projection term on the last hidden
+    layer."""
     cfg = _config(params)
+    sn = dict(spectral_norm=cfg.model.discriminator.spectral_norm, training=mode == ModeKeys.TRAIN)
     x = tf.reshape(samples, [-1, int(math.prod(samples.shape[1:]))])
     for i, units in enumerate(cfg.model.discriminator.hidden_units):
-        x = tf.nn.leaky_relu(dense(x, units, f"hidden{i}"), 0.2)
-    return tf.squeeze(dense(x, 1, "logit"), axis=1)
+        x = tf.nn.leaky_relu(dense(x, units, f"hidden{i}", **sn), 0.2)
+    return _logits(x, _condition(cfg, labels), cfg, sn)
 
 
 NetworkFn = Callable[..., tf.Tensor]

@@ -28,10 +28,19 @@ v1 = tf.compat.v1
 
 
 def resolve_config(config: config_lib.Config) -> config_lib.Config:
-    """Fill in what the data decides (the sample shape) so the config fully fixes the model."""
+    """Fill in what the data decides (the sample shape; a conditional model's class count) so
+    the config fully fixes the model."""
     if config.model.sample_shape is None:
         config = config.model_copy(deep=True)
         config.model.sample_shape = list(data_lib.sample_shape(config.data))
+    if config.model.conditional and config.model.num_classes is None:
+        classes = data_lib.num_classes(config.data)
+        if classes is None:
+            raise config_lib.ConfigError(
+                f"model.conditional needs class labels, but data.source={config.data.source} "
+                "has none (or an unknown count): set model.num_classes or use a labelled source")
+        config = config.model_copy(deep=True)
+        config.model.num_classes = classes
     return config
 
 
@@ -146,6 +155,21 @@ class SamplePictureListener(tf.estimator.CheckpointSaverListener):
         self.last_path = images.save_png(images.samples_picture(samples, self._centres), path)
 
 
+def class_labels(labels, count: int, num_classes: int) -> np.ndarray:
+    """`labels` (one id, or `count` ids) as int32 [count], checked against [0, num_classes)."""
+    ids = np.asarray(labels)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        if not np.all(np.mod(ids, 1) == 0):
+            raise ValueError(f"labels must be integer class ids, got {ids.ravel()[:5].tolist()}")
+    ids = np.broadcast_to(ids.astype(np.int64), (count,)) if ids.ndim == 0 else ids.astype(np.int64).reshape(-1)
+    if ids.shape[0] != count:
+        raise ValueError(f"{ids.shape[0]} labels for {count} samples")
+    bad = ids[(ids < 0) | (ids >= num_classes)]
+    if bad.size:
+        raise ValueError(f"label {int(bad[0])} is out of range: this model has classes 0..{num_classes - 1}")
+    return ids.astype(np.int32)
+
+
 class GAN:
     """A GAN on tf.estimator: a generator Estimator, a discriminator Estimator, and the
     orchestrated loop that trains both in one session, all on one model_dir.
@@ -231,11 +255,21 @@ class GAN:
                                                  steps=steps, name=name)
 
     def generate(self, count: int, seed: int = 0, labels=None) -> np.ndarray:
-        """`count` samples from the latest checkpoint, G in inference mode, noise from `seed`."""
+        """`count` samples from the latest checkpoint, G in inference mode, noise from `seed`.
+
+        Conditional models: `labels` is one class id for all samples or one per sample
+        (default: 0, 1, ..., num_classes-1, 0, ...); ids outside [0, num_classes) raise
+        ValueError. Weights: the generator EMA unless `model.generator.inference_weights=raw`.
+        """
         noise = np.random.RandomState(seed).standard_normal((count, self.config.model.z_dim)).astype(np.float32)
         features = {"noise": noise}
-        if labels is not None:
-            features["labels"] = np.asarray(labels, np.int32)
+        model = self.config.model
+        if model.conditional:
+            features["labels"] = class_labels(
+                np.arange(count) % model.num_classes if labels is None else labels,
+                count, model.num_classes)
+        elif labels is not None:
+            raise ValueError("labels given, but the model is not conditional (model.conditional=false)")
 
         def input_fn():
             return tf.data.Dataset.from_tensor_slices(features).batch(256)
