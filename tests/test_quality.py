@@ -1,0 +1,233 @@
+"""Sample-quality features on real TensorFlow: conditional G/D, generator EMA, spectral norm."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import array_input_fn, tiny_config, tiny_images
+from estimator_gan import config as config_lib
+from estimator_gan import model_fns, nets
+from estimator_gan.training import GAN, resolve_config
+
+v1 = tf.compat.v1
+ModeKeys = tf.estimator.ModeKeys
+EMA = model_fns.EMA_SUFFIX
+
+
+def _conditional(*overrides, architecture="dcgan"):
+    return tiny_config("model.conditional=true", "model.num_classes=3", *overrides,
+                       architecture=architecture)
+
+
+def _variable(graph, name):
+    (var,) = [v for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES) if v.op.name == name]
+    return var
+
+
+def _run_network(config, network, inputs, labels, mode=ModeKeys.PREDICT):
+    with tf.Graph().as_default():
+        tf.random.set_seed(0)
+        params = {"config": config}
+        label_t = None if labels is None else tf.constant(labels, tf.int32)
+        out, _ = network(tf.constant(inputs), label_t, mode, params)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            return sess.run(out)
+
+
+# ------------------------------------------------------------------------- conditional
+
+
+@pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
+def test_labels_change_generator_and_discriminator_outputs(architecture):
+    config = _conditional(architecture=architecture)
+    noise = np.repeat(np.random.RandomState(0).standard_normal((1, 8)).astype(np.float32), 3, axis=0)
+    samples = _run_network(config, model_fns.generator, noise, [0, 1, 2])
+    assert not np.allclose(samples[0], samples[1]) and not np.allclose(samples[1], samples[2])
+    same = np.repeat(samples[:1], 3, axis=0)
+    logits = _run_network(config, model_fns.discriminator, same, [0, 1, 2])
+    assert len(set(np.round(logits, 6))) == 3
+
+
+def test_out_of_range_labels_fail_in_graph_with_a_readable_message():
+    noise = np.zeros((2, 8), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be class ids in \[0, 3\)"):
+        _run_network(_conditional(), model_fns.generator, noise, [1, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids in \[0, 3\)"):
+        _run_network(_conditional(), model_fns.discriminator, tiny_images(2), [-1, 0])
+    with pytest.raises(ValueError, match="model.conditional is true but no labels"):
+        _run_network(_conditional(), model_fns.generator, noise, None)
+
+
+def test_conditional_config_takes_the_class_count_from_the_data():
+    cfg = resolve_config(config_lib.load_config(None, ["model.conditional=true"]))
+    assert cfg.model.num_classes == 10  # digits
+    with pytest.raises(config_lib.ConfigError, match="model.conditional needs class labels.*images"):
+        resolve_config(config_lib.load_config(None, [
+            "model.conditional=true", "data.source=images", "data.path=/nonexistent"]))
+
+
+def test_conditional_generator_draws_the_requested_mode(tmp_path):
+    """Each ring mode is a class: after brief training, label k puts samples near centre k."""
+    config = _conditional(
+        "model.num_classes=null", "data.mixture.modes=4", "data.mixture.std=0.05",
+        "data.mixture.num_examples=4096", "data.batch_size=64",
+        "model.generator.hidden_units=[32,32]", "model.discriminator.hidden_units=[32,32]",
+        "train.generator_optimizer.learning_rate=0.002",
+        "train.discriminator_optimizer.learning_rate=0.002", "train.save_checkpoints_steps=1000",
+        architecture="mlp")
+    gan = GAN(config, model_dir=str(tmp_path))
+    assert gan.config.model.num_classes == 4
+    gan.train(max_steps=600, progress=False)
+    centres = np.asarray(config.data.mixture.centres())
+    for label in range(4):
+        points = gan.generate(200, seed=label, labels=label)
+        nearest = np.argmin(np.linalg.norm(points[:, None] - centres[None], axis=-1), axis=1)
+        assert np.mean(nearest == label) > 0.8, (label, np.bincount(nearest, minlength=4))
+    with pytest.raises(ValueError, match="label 4 is out of range: this model has classes 0..3"):
+        gan.generate(2, labels=4)
+    with pytest.raises(ValueError, match="3 labels for 2 samples"):
+        gan.generate(2, labels=[0, 1, 2])
+
+
+# ------------------------------------------------------------------------- EMA
+
+
+def test_ema_follows_the_decay_formula_after_each_generator_update():
+    config = tiny_config("model.generator.ema_decay=0.5")
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.train.create_global_step()
+        spec = model_fns.gan_model_fn(tf.constant(tiny_images(8)[None]), None, ModeKeys.TRAIN,
+                                      {"config": config})
+        weights = model_fns.role_variables(model_fns.GENERATOR_SCOPE)
+        shadows = [_variable(graph, f"{w.op.name}/{EMA}") for w in weights]
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            shadow = sess.run(shadows)
+            for w, s in zip(sess.run(weights), shadow):
+                np.testing.assert_array_equal(w, s)  # starts at the initial weights
+            for n in range(1, 13):
+                sess.run(spec.train_op)
+                w_now, s_now = sess.run(weights), sess.run(shadows)
+                decay = min(0.5, (1.0 + n) / (10.0 + n))
+                for w, s_prev, s in zip(w_now, shadow, s_now):
+                    np.testing.assert_allclose(s, decay * s_prev + (1 - decay) * w, rtol=1e-5, atol=1e-7)
+                shadow = s_now
+    assert any(not np.allclose(w, s) for w, s in zip(w_now, s_now))
+
+
+def test_inference_reads_ema_weights_unless_raw_is_chosen(tmp_path):
+    gan = GAN(tiny_config(), model_dir=str(tmp_path))
+    gan.train(array_input_fn(tiny_images()), max_steps=4, progress=False)
+    raw_config = config_lib.config_from_dict(gan.config.to_dict(), ["model.generator.inference_weights=raw"])
+    raw = GAN(raw_config, model_dir=str(tmp_path))
+    ema_samples, raw_samples = gan.generate(4, seed=1), raw.generate(4, seed=1)
+    assert not np.allclose(ema_samples, raw_samples, atol=1e-4)
+    # The PREDICT graph holds the shadows in place of the raw weights (so does an export).
+    for g, marker in ((gan, True), (raw, False)):
+        graph = tf.Graph()
+        with graph.as_default():
+            g.generator_estimator.model_fn(np.zeros((2, 8), np.float32), None, ModeKeys.PREDICT, None)
+        names = [v.op.name for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES) if "kernel" in v.op.name]
+        assert names and all(n.endswith(EMA) == marker for n in names), names
+    # Raw weights: the same as evaluating the generator's raw variables from the checkpoint.
+    kernel = tf.train.load_variable(tf.train.latest_checkpoint(str(tmp_path)), "generator/project/kernel")
+    shadow = tf.train.load_variable(tf.train.latest_checkpoint(str(tmp_path)), f"generator/project/kernel/{EMA}")
+    assert not np.allclose(kernel, shadow)
+
+
+def test_no_ema_keeps_no_shadow_variables(tmp_path):
+    gan = GAN(tiny_config("model.generator.ema_decay=null"), model_dir=str(tmp_path))
+    gan.train(array_input_fn(tiny_images()), max_steps=2, progress=False)
+    names = [n for n, _ in tf.train.list_variables(str(tmp_path))]
+    assert not any(EMA in n for n in names)
+    assert gan.generate(2).shape == (2, 8, 8, 1)
+
+
+# ------------------------------------------------------------------------- spectral norm
+
+
+def test_spectral_norm_power_iteration_converges_to_unit_largest_singular_value():
+    kernel_value = np.random.RandomState(0).standard_normal((20, 12)).astype(np.float32) * 3.0
+    with tf.Graph().as_default():
+        with v1.variable_scope("layer"):
+            kernel = v1.get_variable("kernel", initializer=kernel_value)
+            normalized = nets.spectral_normalize(kernel, training=True)
+        (u,), (u_new,) = v1.get_collection(nets.SPECTRAL_NORM_VECTORS), v1.get_collection(nets.SPECTRAL_NORM_UPDATES)
+        step = v1.assign(u, u_new)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            first = np.linalg.svd(sess.run(normalized), compute_uv=False)[0]
+            for _ in range(50):
+                sess.run(step)
+            top = np.linalg.svd(sess.run(normalized), compute_uv=False)[0]
+    assert first > 1.0001  # one step from a random u underestimates sigma
+    assert top == pytest.approx(1.0, abs=1e-3)
+
+
+def _np_power_step(u, kernel):
+    w = kernel.reshape(-1, kernel.shape[-1])
+    v = u @ w.T
+    v /= np.linalg.norm(v)
+    u_new = v @ w
+    return u_new / np.linalg.norm(u_new)
+
+
+def test_spectral_norm_vectors_advance_once_per_discriminator_update_only():
+    config = tiny_config("model.discriminator.spectral_norm=true", "loss.name=wasserstein")
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.train.create_global_step()
+        spec = model_fns.gan_model_fn(tf.constant(np.stack([tiny_images(8), tiny_images(8, 1)])),
+                                      None, ModeKeys.TRAIN, {"config": config.model_copy(update={
+                                          "train": config.train.model_copy(update={"d_steps": 2})})})
+        g_only = model_fns.generator_update(8, None, {"config": config})[0]
+        u = _variable(graph, "discriminator/conv0/sn_u")
+        kernel = _variable(graph, "discriminator/conv0/kernel")
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            u0, w0 = sess.run([u, kernel])
+            sess.run(g_only)
+            np.testing.assert_array_equal(sess.run(u), u0)  # a G update leaves u alone
+            sess.run(spec.train_op)  # two D updates: two power steps, each from that update's W
+            u2 = sess.run(u)
+    u1 = _np_power_step(u0, w0)
+    assert not np.allclose(u2, u1)
+    assert np.linalg.norm(u2 - _np_power_step(u1, w0)) < 0.05  # W moved a little in between
+
+
+def test_trained_spectral_norm_discriminator_has_unit_operator_norm_estimates(tmp_path):
+    gan = GAN(tiny_config("model.discriminator.spectral_norm=true", architecture="mlp"),
+              model_dir=str(tmp_path))
+    gan.train(max_steps=60, progress=False)
+    ckpt = tf.train.latest_checkpoint(str(tmp_path))
+    for layer in ("hidden0", "logit"):
+        w = tf.train.load_variable(ckpt, f"discriminator/{layer}/kernel")
+        u = tf.train.load_variable(ckpt, f"discriminator/{layer}/sn_u")
+        v = u @ w.T
+        v /= np.linalg.norm(v)
+        sigma = float(v @ w @ _np_power_step(u, w).T)
+        assert np.linalg.svd(w / sigma, compute_uv=False)[0] == pytest.approx(1.0, abs=0.05)
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_interchange_with_ema_spectral_norm_and_labels(tmp_path):
+    config = _conditional("model.discriminator.spectral_norm=true")
+    labels = np.arange(64, dtype=np.int32) % 3
+    data = array_input_fn(tiny_images(), labels)
+    dirs = [str(tmp_path / n) for n in ("d", "g", "gan")]
+    GAN(config, model_dir=dirs[0]).discriminator_estimator.train(data, max_steps=2)
+    GAN(config, model_dir=dirs[1]).generator_estimator.train(data, max_steps=2)
+    gan = GAN(config, model_dir=dirs[2])
+    gan.train(data, max_steps=2, progress=False)
+    keys = [sorted(name for name, _ in tf.train.list_variables(d)) for d in dirs]
+    assert keys[0] == keys[1] == keys[2]
+    assert f"generator/project/kernel/{EMA}" in keys[0]
+    assert "discriminator/conv0/sn_u" in keys[0] and "discriminator/projection/sn_u" in keys[0]
+    # Each Estimator continues from another's checkpoint.
+    GAN(config, model_dir=dirs[0]).generator_estimator.train(data, max_steps=3)
+    assert gan.generate(3, labels=[0, 1, 2]).shape == (3, 8, 8, 1)
+    metrics = gan.evaluate(array_input_fn(tiny_images(16), labels[:16], repeat=False))
+    assert np.isfinite(metrics["loss/discriminator"])
