@@ -20,10 +20,14 @@ Sample-quality state, also in every TRAIN graph and so in every checkpoint:
 
 * Generator EMA (`model.generator.ema_decay`): each trainable G variable `v` has a
   non-trainable shadow `v/ExponentialMovingAverage`, updated right after every G update with
-  decay min(ema_decay, (1 + n) / (10 + n)), n = `generator_step` after the update. EVAL and
-  PREDICT (hence export) read the shadows instead of `v` through a custom getter, unless
-  `model.generator.inference_weights` is `raw`; `generator(..., use_ema=True)` forces them in any
-  mode (e.g. to recompute batch-norm statistics for the EMA weights in TRAIN mode).
+  decay min(ema_decay, (1 + n) / (10 + n)), n = `generator_step` after the update. The EMA
+  generator also keeps its own batch-norm moving statistics (`.../moving_mean/
+  ExponentialMovingAverage`), updated by one extra TRAIN-mode forward pass of the EMA weights
+  per G update (built only when G has batch norm), since the raw weights' statistics do not fit
+  the averaged weights. EVAL and PREDICT (hence export) read all of these instead of the raw
+  variables through a custom getter, unless `model.generator.inference_weights` is `raw`;
+  `generator(..., use_ema=True)` selects them in any mode (in TRAIN mode its batch-norm updates
+  go to the EMA statistics, e.g. to recompute standing statistics before an export).
 * Spectral norm (`model.discriminator.spectral_norm`): the power-iteration vectors `.../sn_u`
   advance exactly once per D update, after its gradients: every D call of one update (real,
   fake, gradient penalty) uses the same `u`, and the G update's D call uses the updated one.
@@ -114,9 +118,8 @@ def uses_ema(mode, params, use_ema: Optional[bool] = None) -> bool:
 
 
 def _ema_getter(getter, name, *args, **kwargs):
-    """Hands out each trainable variable's moving-average shadow in its place."""
-    if kwargs.get("trainable") is False:
-        return getter(name, *args, **kwargs)
+    """Hands out the EMA generator's variable (a weight's shadow, or its own batch-norm
+    statistic) in place of each raw one."""
     kwargs["trainable"] = False
     return getter(f"{name}/{EMA_SUFFIX}", *args, **kwargs)
 
@@ -238,8 +241,9 @@ def ema_variable(var) -> tf.Variable:
                                trainable=False, aggregation=tf.VariableAggregation.MEAN)
 
 
-def _update_ema(params, after):
-    """Move every shadow towards its G variable once `after` (a G update) has run."""
+def _update_ema(params, after, batch_size, labels):
+    """Once `after` (a G update) has run: move every shadow towards its G variable, then update
+    the EMA generator's batch-norm statistics on a fresh noise batch."""
     decay = _config(params).model.generator.ema_decay
     if decay is None:
         return after
@@ -250,7 +254,10 @@ def _update_ema(params, after):
         for var in role_variables(GENERATOR_SCOPE):
             shadow = ema_variable(var)
             updates.append(v1.assign_sub(shadow, (shadow - var.read_value()) * rate))
-        return tf.group(updates)
+    with tf.control_dependencies(updates):
+        _, statistics = generator(sample_noise(batch_size, params), labels, ModeKeys.TRAIN, params,
+                                  use_ema=True)
+    return tf.group(updates + statistics)
 
 
 def generator_update(batch_size, labels, params):
@@ -263,7 +270,7 @@ def generator_update(batch_size, labels, params):
     g_opt, _ = _optimizers(params)
     op = _apply(g_opt, g_loss, role_variables(GENERATOR_SCOPE), step_counter(GENERATOR_STEP),
                 "G_train", g_updates)
-    return _update_ema(params, op), g_loss
+    return _update_ema(params, op, batch_size, labels), g_loss
 
 
 def _sample_grid_tensor(params):
