@@ -107,6 +107,9 @@ class DiscriminatorConfig(_Strict):
     spectral_norm: bool = Field(
         False, description="Divide every D weight by its largest singular value (one power "
                            "iteration per D update).")
+    packing: int = Field(
+        1, ge=1, description="PacGAN: D judges groups of this many samples at once (concatenated "
+                             "along the last axis), which penalises mode collapse.")
 
 
 class ModelConfig(_Strict):
@@ -168,6 +171,16 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _packing_fits(self):
+        packing = self.model.discriminator.packing
+        if packing > 1 and self.model.conditional:
+            raise ValueError("model.discriminator.packing > 1 does not combine with model.conditional")
+        if self.data.batch_size % packing:
+            raise ValueError(f"data.batch_size ({self.data.batch_size}) must be a multiple of "
+                             f"model.discriminator.packing ({packing})")
+        return self
 
     def to_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json")

@@ -140,9 +140,11 @@ def generator(noise, labels, mode, params, use_ema: Optional[bool] = None):
 
 def discriminator(samples, labels, mode, params):
     """Run the discriminator in its variable scope, with the same weights on every call;
-    returns (logits [B], its new update ops)."""
+    returns (logits [B], its new update ops). With `model.discriminator.packing` m > 1 the
+    network sees packed samples and the logits are per group of m: [B / m]."""
     _, disc_fn = _networks(params)
     labels = checked_labels(labels, params)
+    samples = nets.pack(samples, _config(params).model.discriminator.packing)
 
     def call():
         with v1.variable_scope(DISCRIMINATOR_SCOPE, reuse=v1.AUTO_REUSE):

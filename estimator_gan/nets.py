@@ -157,6 +157,23 @@ def _config(params):
     return params["config"]
 
 
+def pack(samples, packing: int) -> tf.Tensor:
+    """PacGAN packing: [B, ..., C] -> [B / packing, ..., C * packing], each group of `packing`
+    consecutive samples stacked along the last axis (B must be a multiple of `packing`)."""
+    if packing == 1:
+        return samples
+    message = f"the batch size must be a multiple of model.discriminator.packing ({packing})"
+    if samples.shape[0] is not None and samples.shape[0] % packing:
+        raise ValueError(f"{message}, got {samples.shape[0]}")
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.shape(samples)[0] % packing, 0, message=message)]):
+        rank = samples.shape.rank
+        grouped = tf.reshape(samples, tf.concat([[-1, packing], tf.shape(samples)[1:]], axis=0))
+        moved = tf.transpose(grouped, [0] + list(range(2, rank + 1)) + [1])
+        inner = list(samples.shape[1:-1])
+        return tf.reshape(moved, [-1] + inner + [packing * int(samples.shape[-1])])
+
+
 def _condition(cfg, labels):
     """The labels if the model is conditional, else None (the networks then ignore labels)."""
     return labels if cfg.model.conditional else None

@@ -232,3 +232,24 @@ def test_checkpoints_interchange_with_ema_spectral_norm_and_labels(tmp_path):
     assert gan.generate(3, labels=[0, 1, 2]).shape == (3, 8, 8, 1)
     metrics = gan.evaluate(array_input_fn(tiny_images(16), labels[:16], repeat=False))
     assert np.isfinite(metrics["loss/discriminator"])
+
+
+# ------------------------------------------------------------------------- packing
+
+
+def test_packing_groups_consecutive_samples_for_the_discriminator():
+    x = np.arange(4 * 3 * 3 * 2, dtype=np.float32).reshape(4, 3, 3, 2)
+    packed = nets.pack(tf.constant(x), 2).numpy()
+    assert packed.shape == (2, 3, 3, 4)
+    np.testing.assert_array_equal(packed[1, ..., 0::2], x[2])
+    np.testing.assert_array_equal(packed[1, ..., 1::2], x[3])
+    logits = _run_network(tiny_config("model.discriminator.packing=2"), model_fns.discriminator,
+                          tiny_images(6), None)
+    assert logits.shape == (3,)
+    with pytest.raises(ValueError, match=r"multiple of model.discriminator.packing \(4\), got 6"):
+        _run_network(tiny_config("model.discriminator.packing=4"), model_fns.discriminator,
+                     tiny_images(6), None)
+    with pytest.raises(config_lib.ConfigError, match=r"data.batch_size \(8\) must be a multiple"):
+        tiny_config("model.discriminator.packing=3")
+    with pytest.raises(config_lib.ConfigError, match="does not combine with model.conditional"):
+        _conditional("model.discriminator.packing=2")
