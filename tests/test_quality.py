@@ -253,3 +253,23 @@ def test_packing_groups_consecutive_samples_for_the_discriminator():
         tiny_config("model.discriminator.packing=3")
     with pytest.raises(config_lib.ConfigError, match="does not combine with model.conditional"):
         _conditional("model.discriminator.packing=2")
+
+
+# ------------------------------------------------------------------------- shipped 2D config
+
+
+def test_shipped_ring_config_covers_all_modes(tmp_path):
+    """The shipped ring config as a user runs it (seed 0): every mode, most samples sharp."""
+    import os
+
+    from conftest import REPO_ROOT
+    from estimator_gan import evaluation
+
+    config = config_lib.load_config(os.path.join(REPO_ROOT, "configs", "mixture_ring.yaml"),
+                                    ["train.save_checkpoints_steps=4000"])
+    gan = GAN(config, model_dir=str(tmp_path))
+    gan.train(progress=False)
+    metrics = evaluation.mixture_mode_metrics(gan.generate(2000, seed=99),
+                                              config.data.mixture.centres(), config.data.mixture.std)
+    assert metrics["modes_covered"] == 8, metrics["counts"]
+    assert metrics["high_quality_share"] > 0.6
