@@ -105,7 +105,7 @@ class DiscriminatorConfig(_Strict):
     filters: int = Field(64, ge=1, description="DCGAN: filters of the first conv layer.")
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
     spectral_norm: bool = Field(
-        False, description="Divide every D weight by its largest singular value (one power "
+        True, description="Divide every D weight by its largest singular value (one power "
                            "iteration per D update).")
     packing: int = Field(
         1, ge=1, description="PacGAN: D judges groups of this many samples at once (concatenated "
