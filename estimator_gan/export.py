@@ -29,12 +29,16 @@ What a caller must know:
 """
 from __future__ import annotations
 
+import base64
+import concurrent.futures
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -341,6 +345,25 @@ def signature_defs(saved_model_dir: str) -> Dict[str, "meta_graph_pb2.SignatureD
     raise ExportError(f"{saved_model_dir} has no 'serve' meta graph")
 
 
+@contextlib.contextmanager
+def _native_output_silenced():
+    """Drop what C++ code prints straight to the process's stdout/stderr (the TFLite
+    converter's op summary); errors still arrive as exceptions."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def to_tflite(saved_model_dir: str, output_path: str) -> str:
     """Convert the generator export's `noise` signature to TFLite (built-in ops only): a
     `serving_default` signature from `noise` (and `labels`) to `samples` and, for images,
@@ -357,7 +380,8 @@ def to_tflite(saved_model_dir: str, output_path: str) -> str:
         return pruned(*args)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
-    flatbuffer = converter.convert()
+    with _native_output_silenced():
+        flatbuffer = converter.convert()
     directory = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
@@ -453,6 +477,35 @@ def load_generator(path: str) -> ServedGenerator:
     return ServedGenerator(path)
 
 
+def _json_value(name: str, value: np.ndarray):
+    if name.endswith("_bytes"):
+        encode = np.vectorize(lambda b: {"b64": base64.b64encode(b).decode("ascii")}, otypes=[object])
+        return encode(value).tolist()
+    return value.tolist()
+
+
+def rest_predict(model, request: dict) -> dict:
+    """Answer a TF Serving REST predict request body (`{"instances": [...]}` row format or
+    `{"inputs": {...}}` columnar, optional `signature_name`) with the body TF Serving would
+    return (`predictions` / `outputs`; outputs named `..._bytes` as `{"b64": ...}`), by calling
+    the loaded SavedModel's signature: to try a client, or a README example, without a server."""
+    signature = model.signatures[request.get("signature_name", "serving_default")]
+    specs = signature.structured_input_signature[1]
+    if "instances" in request:
+        rows = request["instances"]
+        if len(specs) == 1 and not (rows and isinstance(rows[0], dict)):
+            rows = [{next(iter(specs)): row} for row in rows]
+        columns = {k: [row[k] for row in rows] for k in specs}
+    else:
+        columns = request["inputs"] if isinstance(request["inputs"], dict) else {next(iter(specs)): request["inputs"]}
+    outputs = signature(**{k: tf.constant(np.asarray(columns[k]), specs[k].dtype) for k in specs})
+    outputs = {k: _json_value(k, v.numpy()) for k, v in sorted(outputs.items())}
+    if "instances" in request:
+        predictions = [dict(zip(outputs, row)) for row in zip(*outputs.values())]
+        return {"predictions": [next(iter(p.values())) for p in predictions] if len(outputs) == 1 else predictions}
+    return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+
+
 # ------------------------------------------------------------------------ during training
 
 class GANExporter(tf.estimator.Exporter):
@@ -498,7 +551,8 @@ class GANExporter(tf.estimator.Exporter):
 
 class ExportListener(tf.estimator.CheckpointSaverListener):
     """After each checkpoint of `GAN.train`, runs a `GANExporter` (for `best`, after a short
-    evaluation of `export.eval_steps` batches) and prints where the export went."""
+    evaluation of `export.eval_steps` batches) and prints where the export went. Skips step 0
+    and a step the newest export already holds (a resumed run re-saves its first checkpoint)."""
 
     def __init__(self, gan, stream=None):
         self._gan = gan
@@ -506,14 +560,24 @@ class ExportListener(tf.estimator.CheckpointSaverListener):
         self._stream = stream
 
     def after_save(self, session, global_step_value):
-        with tf.init_scope():  # out of the (finalized) training graph
-            self._export(int(global_step_value))
+        # The training loop runs in graph mode with a finalized graph; exporting needs a clean
+        # (eager) context, which a new thread has.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(self._export, int(global_step_value)).result()
 
-    def _export(self, global_step_value: int):
+    def _export(self, global_step: int):
+        if global_step == 0 or global_step == self._newest_export_step():
+            return
         checkpoint = tf.train.latest_checkpoint(self._gan.model_dir)
         eval_result = None
         if self.exporter.policy == "best":
             eval_result = self._gan.evaluate(steps=self._gan.config.export.eval_steps, name="export")
         path = self.exporter.export(None, None, checkpoint, eval_result, False)
         if path:
-            print(f"exported step {global_step_value} to {path}", file=self._stream, flush=True)
+            print(f"exported step {global_step} to {path}", file=self._stream, flush=True)
+
+    def _newest_export_step(self) -> Optional[int]:
+        base = os.path.join(self.exporter.export_dir, GENERATOR)
+        found = versions(base)
+        info = os.path.join(base, str(found[-1]), "assets.extra", INFO_FILENAME) if found else ""
+        return json.load(open(info, encoding="utf-8")).get("global_step") if os.path.isfile(info) else None

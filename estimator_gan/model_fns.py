@@ -279,13 +279,13 @@ def checked_shape(tensor, shape: Sequence[int], name: str) -> tf.Tensor:
         return tf.identity(tensor)
 
 
-def _checked_labels_count(labels, batch):
+def _checked_labels_count(tensor, labels):
+    """`tensor` after an in-graph check that `labels` (if any) has one entry per row of it."""
     if labels is None:
-        return None
-    labels = tf.convert_to_tensor(labels)
+        return tensor
     with tf.control_dependencies([tf.debugging.assert_equal(
-            tf.size(labels), batch, message="labels must hold one class id per sample")]):
-        return tf.identity(labels)
+            tf.size(labels), tf.shape(tensor)[0], message="labels must hold one class id per sample")]):
+        return tf.identity(tensor)
 
 
 def image_outputs(samples) -> Dict[str, tf.Tensor]:
@@ -310,10 +310,9 @@ def generator_predict_spec(features, params) -> tf.estimator.EstimatorSpec:
     """
     model = _config(params).model
     raw_noise = tf.convert_to_tensor(_feature(features, "noise"), tf.float32)
-    noise = checked_shape(raw_noise, [model.z_dim], "noise")
     raw_labels = _optional(features, "labels")
-    labels = _checked_labels_count(raw_labels, tf.shape(noise)[0])
-    samples, _ = generator(noise, labels, ModeKeys.PREDICT, params)
+    noise = _checked_labels_count(checked_shape(raw_noise, [model.z_dim], "noise"), raw_labels)
+    samples, _ = generator(noise, raw_labels, ModeKeys.PREDICT, params)
     predictions = {"samples": samples}
     outputs = {**predictions, **image_outputs(samples)}
     labelled = {} if raw_labels is None else {"labels": raw_labels}
@@ -332,8 +331,8 @@ def discriminator_predict_spec(features, params) -> tf.estimator.EstimatorSpec:
     """PREDICT: samples (a tensor, or a dict with `samples` and optional `labels`) -> logits
     and probabilities, building only D. Samples of the wrong shape fail in-graph."""
     samples = tf.convert_to_tensor(_feature(features, "samples"), tf.float32)
-    checked = checked_shape(samples, _config(params).model.sample_shape, "samples")
-    labels = _checked_labels_count(_optional(features, "labels"), tf.shape(checked)[0])
+    labels = _optional(features, "labels")
+    checked = _checked_labels_count(checked_shape(samples, _config(params).model.sample_shape, "samples"), labels)
     logits, _ = discriminator(checked, labels, ModeKeys.PREDICT, params)
     predictions = {"logits": logits, "probabilities": tf.sigmoid(logits)}
     return tf.estimator.EstimatorSpec(
