@@ -147,6 +147,12 @@ def discriminator_receiver_fn(config: config_lib.Config):
 
 # ----------------------------------------------------------------------- standing statistics
 
+def training_mode_generator(noise, labels, params):
+    """G with batch statistics (training mode) and the weights PREDICT reads; returns
+    (samples, batch-norm update ops)."""
+    return model_fns.generator(noise, labels, ModeKeys.TRAIN, params)
+
+
 def standing_statistics(gan, checkpoint_path: str, output_prefix: str) -> int:
     """Write a copy of the checkpoint whose generator batch-norm moving statistics are
     recomputed for its weights; returns how many batch-norm layers were updated.
@@ -165,7 +171,7 @@ def standing_statistics(gan, checkpoint_path: str, output_prefix: str) -> int:
         noise = tf.random.normal([size, cfg.model.z_dim])
         labels = (tf.random.uniform([size], 0, cfg.model.num_classes, tf.int32)
                   if cfg.model.conditional else None)
-        model_fns.generator(noise, labels, ModeKeys.TRAIN, gan.params)
+        training_mode_generator(noise, labels, gan.params)
         layers = nets.batch_moments(graph)
         covered = {v.op.name for layer in layers for v in layer[:2]}
         missed = [v.op.name for v in v1.global_variables()

@@ -17,7 +17,6 @@ from tensorflow.core.protobuf import config_pb2
 from conftest import REPO_ROOT, array_input_fn, tiny_config, tiny_images
 from estimator_gan import cli
 from estimator_gan import export as export_lib
-from estimator_gan import model_fns
 from estimator_gan.training import GAN
 
 v1 = tf.compat.v1
@@ -67,7 +66,7 @@ def test_layout_signatures_and_assets(trained):
 def test_generator_export_holds_only_generator_variables(trained):
     _, result, _ = trained
     g_names = [n for n, _ in tf.train.list_variables(os.path.join(result.generator, "variables", "variables"))]
-    assert any(n.endswith("moving_mean") for n in g_names)
+    assert any("moving_mean" in n for n in g_names)
     assert all(n.startswith("generator/") or n == "global_step" for n in g_names), g_names
     assert not any("Adam" in n or "_train" in n or "_step" in n.replace("global_step", "") for n in g_names)
     d_names = [n for n, _ in tf.train.list_variables(os.path.join(result.discriminator, "variables", "variables"))]
@@ -115,7 +114,7 @@ def _training_mode_samples(gan, noise):
     """G with batch statistics (as during training), the checkpoint's weights."""
     graph = tf.Graph()
     with graph.as_default():
-        samples, _ = model_fns.generator(tf.constant(noise), None, tf.estimator.ModeKeys.TRAIN, gan.params)
+        samples, _ = export_lib.training_mode_generator(tf.constant(noise), None, gan.params)
         with v1.Session() as session:
             v1.train.Saver(v1.global_variables()).restore(session, tf.train.latest_checkpoint(gan.model_dir))
             return session.run(samples)
@@ -134,9 +133,10 @@ def test_standing_statistics_make_served_samples_match_training_mode(trained, tm
     assert standing_error < 0.01 and standing_error < raw_error / 5, (standing_error, raw_error)
     # the training checkpoint is untouched
     ckpt = tf.train.latest_checkpoint(gan.model_dir)
-    stats = tf.train.load_variable(ckpt, "generator/project_bn/moving_variance")
-    assert np.array_equal(stats, tf.train.load_variable(os.path.join(raw_path, "variables", "variables"),
-                                                        "generator/project_bn/moving_variance"))
+    raw_variables = os.path.join(raw_path, "variables", "variables")
+    for name, _ in tf.train.list_variables(raw_variables):
+        if "moving_variance" in name:
+            assert np.array_equal(tf.train.load_variable(ckpt, name), tf.train.load_variable(raw_variables, name))
 
 
 def test_tflite_matches_saved_model(trained):
