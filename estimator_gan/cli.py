@@ -36,6 +36,8 @@ def _train_parser(parser: argparse.ArgumentParser):
     parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,
                         help=f"checkpoints, config.yaml, events and sample PNGs (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
+    parser.add_argument("--export", dest="export_dir", metavar="DIR",
+                        help="after training, export for serving into DIR (see the export command)")
     return parser
 
 
@@ -65,19 +67,161 @@ def cmd_train(args) -> int:
     elapsed = time.time() - started
     print(f"done: step {step} in {elapsed:.1f}s; checkpoint and config in {args.model_dir}"
           + (f"; samples: {gan.sample_listener.last_path}" if gan.sample_listener.last_path else ""))
+    if args.export_dir:
+        _export_and_report(gan, args.export_dir)
     return 0
+
+
+def _export_parser(parser: argparse.ArgumentParser):
+    parser.add_argument("--model-dir", required=True, help="a model dir written by train")
+    parser.add_argument("--export-dir", required=True,
+                        help="writes generator/<version>/, discriminator/<version>/ (TF Serving layout)")
+    parser.add_argument("--checkpoint", help="checkpoint prefix to export (default: the latest)")
+    parser.add_argument("--tflite", action="store_true", help="also write tflite/<version>/generator.tflite")
+    parser.add_argument("--generator-only", action="store_true", help="skip the discriminator")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override export settings, e.g. --set export.standing_batches=100")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _size(path: str) -> str:
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) \
+        if os.path.isdir(path) else os.path.getsize(path)
+    return f"{total / 1e6:.2f} MB"
+
+
+def _export_and_report(gan, export_dir: str, checkpoint=None, roles=None, tflite=None):
+    from estimator_gan import export
+
+    result = export.export(gan, export_dir, checkpoint_path=checkpoint, tflite=tflite,
+                           roles=roles or (export.GENERATOR, export.DISCRIMINATOR))
+    standing = result.info.get("standing_statistics")
+    print(f"exported step {result.global_step} as version {result.version}"
+          + (f" (batch-norm statistics of {standing['layers']} layers recomputed over "
+             f"{standing['batches']}x{standing['batch_size']} samples)" if standing else ""))
+    for part in (export.GENERATOR, export.DISCRIMINATOR, export.TFLITE):
+        path = getattr(result, part)
+        if path:
+            print(f"  {part:<14} {path}  ({_size(path)})")
+    return result
+
+
+def cmd_export(args) -> int:
+    _quiet_tensorflow()
+    from estimator_gan import config as config_lib
+    from estimator_gan import export
+    from estimator_gan import training
+
+    saved = config_lib.load_model_dir_config(args.model_dir)
+    config = config_lib.config_from_dict(saved.to_dict(), args.overrides)
+    diffs = config_lib.architecture_differences(saved, config)
+    if diffs:
+        raise config_lib.ConfigError(f"export cannot change the architecture ({'; '.join(diffs)})")
+    gan = training.GAN(config, model_dir=args.model_dir)
+    roles = (export.GENERATOR,) if args.generator_only else None
+    _export_and_report(gan, args.export_dir, args.checkpoint, roles, args.tflite or None)
+    return 0
+
+
+def _generate_parser(parser: argparse.ArgumentParser):
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--export", help="an export dir, a generator/ dir or one version of it")
+    source.add_argument("--model-dir", help="a model dir: exports its latest checkpoint first")
+    parser.add_argument("--count", type=int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--truncation", type=float,
+                        help="draw noise from the normal truncated to [-T, T]")
+    parser.add_argument("--noise", help="a .npy file of noise [N, z_dim] instead of --seed/--count")
+    parser.add_argument("--labels", help="conditional models: one class id, or one per sample "
+                                         "(comma-separated); default: the classes in turn")
+    parser.add_argument("--out", required=True,
+                        help="FILE.png (a grid), FILE.npy (the samples) or a directory (one PNG each)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def cmd_generate(args) -> int:
+    _quiet_tensorflow()
+    import tempfile
+
+    import numpy as np
+
+    from estimator_gan import config as config_lib
+    from estimator_gan import export
+    from estimator_gan import images
+
+    if args.count < 1:
+        raise export.ExportError(f"--count must be at least 1, got {args.count}")
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(x) for x in args.labels.split(",")]
+        except ValueError:
+            raise export.ExportError(f"--labels must be integers separated by commas, got {args.labels!r}") from None
+        labels = labels[0] if len(labels) == 1 else labels
+    out_kind = os.path.splitext(args.out)[1].lower()
+    with tempfile.TemporaryDirectory(prefix="estimator-gan-generate-") as scratch:
+        source = args.export
+        if args.model_dir:
+            from estimator_gan import training
+
+            gan = training.GAN(config_lib.load_model_dir_config(args.model_dir), model_dir=args.model_dir)
+            source = export.export(gan, scratch, roles=(export.GENERATOR,), tflite=False).generator
+        generator = export.load_generator(source)
+        if args.noise:
+            if not os.path.isfile(args.noise):
+                raise export.ExportError(f"noise file not found: {args.noise}")
+            try:
+                noise = np.load(args.noise, allow_pickle=False)
+            except ValueError as err:
+                raise export.ExportError(f"cannot read {args.noise} as a .npy array: {err}") from None
+            outputs = generator.from_noise(noise, labels)
+        else:
+            outputs = generator.from_seed(args.seed, args.count, args.truncation, labels)
+    samples = outputs["samples"]
+    if out_kind == ".npy":
+        _save_npy(samples, args.out)
+    elif out_kind == ".png":
+        images.save_png(images.samples_picture(samples), args.out)
+    elif out_kind:
+        raise export.ExportError(f"--out must end in .png or .npy, or be a directory, got {args.out}")
+    elif "png_bytes" not in outputs:
+        raise export.ExportError("one PNG per sample needs image samples; use --out FILE.png or FILE.npy")
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        for i, png in enumerate(outputs["png_bytes"]):
+            config_lib.atomic_write_bytes(os.path.join(args.out, f"sample_{i:04d}.png"), png)
+    step = generator.info.get("global_step")
+    print(f"wrote {len(samples)} samples ({'x'.join(str(d) for d in samples.shape[1:])}) to {args.out} "
+          f"from {args.export or args.model_dir}" + (f" (step {step})" if step is not None else ""))
+    return 0
+
+
+def _save_npy(array, path: str):
+    import io
+
+    from estimator_gan import config as config_lib
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    config_lib.atomic_write_bytes(path, buffer.getvalue())
 
 
 COMMANDS = {
     "train": (_train_parser, cmd_train, "train a GAN (resumes from the model dir's latest checkpoint)"),
+    "export": (_export_parser, cmd_export, "export a trained model for TensorFlow Serving (and TFLite)"),
+    "generate": (_generate_parser, cmd_generate, "write samples from an export or a model dir (PNG grid, PNGs, .npy)"),
 }
 
 
 def _user_errors():
     from estimator_gan.config import ConfigError
     from estimator_gan.data import DataError
+    from estimator_gan.export import ExportError
 
-    return (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError)
+    return (ConfigError, DataError, ExportError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def _run(fn, args) -> int:

@@ -166,11 +166,34 @@ class TrainConfig(_Strict):
     sample_grid: int = Field(8, ge=1, le=32, description="Sample PNG is a grid of n x n.")
 
 
+class ExportConfig(_Strict):
+    """Exports for serving: `estimator-gan export`, and optionally during training.
+
+    Batch norm at serving time uses moving statistics, which lag a generator whose weights still
+    change fast; `standing_statistics` recomputes them for the exported weights first (G in
+    training mode over `standing_batches` noise batches), without touching the checkpoints.
+    """
+
+    standing_statistics: bool = True
+    standing_batches: int = Field(50, ge=1)
+    standing_batch_size: int = Field(256, ge=2)
+    max_count: int = Field(4096, ge=1, description="Largest `count` the seed signatures accept.")
+    during_training: Literal["never", "checkpoint", "best"] = Field(
+        "never", description="Export after every checkpoint, or when `best_metric` improves.")
+    dir: Optional[str] = Field(None, description="Training-time exports (default: <model_dir>/export).")
+    keep: int = Field(5, ge=1, description="Versions kept by training-time exports.")
+    best_metric: str = Field("loss/generator", description="An EVAL metric name.")
+    best_mode: Literal["min", "max"] = "min"
+    eval_steps: int = Field(20, ge=1, description="EVAL batches per `best` check.")
+    tflite: bool = Field(False, description="Also write the noise signature as TFLite.")
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _packing_fits(self):
@@ -260,12 +283,17 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write a file so that readers see the old or the new content, never a partial one."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a partial one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

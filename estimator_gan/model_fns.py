@@ -360,22 +360,86 @@ def _optional(features, key):
     return features.get(key) if isinstance(features, dict) else None
 
 
+class SignatureOutput(tf.estimator.export.PredictOutput):
+    """A predict signature with its own inputs, so one PREDICT graph serves several input
+    signatures (noise; seed and count), each listing only the tensors its callers feed (TF
+    Serving requires a request to feed exactly a signature's inputs)."""
+
+    def __init__(self, inputs: Dict[str, tf.Tensor], outputs: Dict[str, tf.Tensor]):
+        super().__init__(outputs)
+        self.inputs = dict(inputs)
+
+    def as_signature_def(self, receiver_tensors):
+        return v1.saved_model.predict_signature_def(self.inputs, self.outputs)
+
+
+def checked_shape(tensor, shape: Sequence[int], name: str) -> tf.Tensor:
+    """`tensor` after an in-graph check that it is `[batch, *shape]`, failing with a readable
+    message: TF Serving's C++ server feeds requests without checking them against the
+    signature, and a mismatch would otherwise surface as an obscure matmul or reshape error."""
+    expected = f"{name} must have shape (batch, {', '.join(str(d) for d in shape)})"
+    actual = tf.shape(tensor)
+    ok = tf.logical_and(tf.equal(tf.size(actual), len(shape) + 1),
+                        tf.reduce_all(tf.equal(actual[1:], list(shape))))
+    with tf.control_dependencies([tf.debugging.Assert(ok, [expected + "; got shape", actual])]):
+        return tf.identity(tensor)
+
+
+def _checked_labels_count(tensor, labels):
+    """`tensor` after an in-graph check that `labels` (if any) has one entry per row of it."""
+    if labels is None:
+        return tensor
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.size(labels), tf.shape(tensor)[0], message="labels must hold one class id per sample")]):
+        return tf.identity(tensor)
+
+
+def image_outputs(samples) -> Dict[str, tf.Tensor]:
+    """Images `[B, H, W, C]` in [-1, 1] as uint8 `images` and PNG `png_bytes` [B] (TF Serving's
+    REST API base64-encodes outputs whose name ends in `_bytes`); nothing for other samples."""
+    if samples.shape.rank != 4 or samples.shape[-1] not in (1, 3, 4):
+        return {}
+    pixels = tf.cast(tf.clip_by_value(tf.round((samples + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+    png = tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.string)
+    return {"images": pixels, "png_bytes": png}
+
+
 def generator_predict_spec(features, params) -> tf.estimator.EstimatorSpec:
     """PREDICT: noise `[B, z_dim]` (a tensor, or a dict with `noise` and optional `labels`) ->
-    samples, building only G, batch norm in inference mode."""
-    noise = tf.convert_to_tensor(_feature(features, "noise"), tf.float32)
-    samples, _ = generator(noise, _optional(features, "labels"), ModeKeys.PREDICT, params)
+    samples, building only G, batch norm in inference mode.
+
+    Signatures (export outputs): `serving_default` and `noise` take `noise` (and `labels`);
+    when the features also hold the `seed` and `count` the noise was drawn from (and the
+    optional `truncation`, see `export.generator_receiver_fn`), `seed` takes `seed` and `count`
+    and `seed_truncated` adds `truncation`. All return `samples` in the training range and, for
+    images, uint8 `images` and `png_bytes`. Noise of the wrong shape fails in-graph.
+    """
+    model = _config(params).model
+    raw_noise = tf.convert_to_tensor(_feature(features, "noise"), tf.float32)
+    raw_labels = _optional(features, "labels")
+    noise = _checked_labels_count(checked_shape(raw_noise, [model.z_dim], "noise"), raw_labels)
+    samples, _ = generator(noise, raw_labels, ModeKeys.PREDICT, params)
     predictions = {"samples": samples}
-    return tf.estimator.EstimatorSpec(
-        ModeKeys.PREDICT, predictions=predictions,
-        export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
+    outputs = {**predictions, **image_outputs(samples)}
+    labelled = {} if raw_labels is None else {"labels": raw_labels}
+    signatures = {"noise": {"noise": raw_noise, **labelled}}
+    if isinstance(features, dict) and "seed" in features:
+        by_seed = {"seed": features["seed"], "count": features["count"], **labelled}
+        signatures["seed"] = by_seed
+        signatures["seed_truncated"] = {**by_seed, "truncation": features["truncation"]}
+    export_outputs = {name: SignatureOutput(inputs, outputs) for name, inputs in signatures.items()}
+    export_outputs["serving_default"] = export_outputs["noise"]
+    return tf.estimator.EstimatorSpec(ModeKeys.PREDICT, predictions=predictions,
+                                      export_outputs=export_outputs)
 
 
 def discriminator_predict_spec(features, params) -> tf.estimator.EstimatorSpec:
-    """PREDICT: samples (a tensor, or a dict with `samples`) -> logits and probabilities,
-    building only D."""
+    """PREDICT: samples (a tensor, or a dict with `samples` and optional `labels`) -> logits
+    and probabilities, building only D. Samples of the wrong shape fail in-graph."""
     samples = tf.convert_to_tensor(_feature(features, "samples"), tf.float32)
-    logits, _ = discriminator(samples, _optional(features, "labels"), ModeKeys.PREDICT, params)
+    labels = _optional(features, "labels")
+    checked = _checked_labels_count(checked_shape(samples, _config(params).model.sample_shape, "samples"), labels)
+    logits, _ = discriminator(checked, labels, ModeKeys.PREDICT, params)
     predictions = {"logits": logits, "probabilities": tf.sigmoid(logits)}
     return tf.estimator.EstimatorSpec(
         ModeKeys.PREDICT, predictions=predictions,

@@ -20,7 +20,8 @@ estimate of its largest singular value (`spectral_normalize`).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple
+import weakref
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -28,6 +29,15 @@ ModeKeys = tf.estimator.ModeKeys
 v1 = tf.compat.v1
 
 _DCGAN_INIT = v1.random_normal_initializer(stddev=0.02)
+_BATCH_MOMENTS: "weakref.WeakKeyDictionary[tf.Graph, list]" = weakref.WeakKeyDictionary()
+
+
+def batch_moments(graph: Optional[tf.Graph] = None) -> List[Tuple[tf.Variable, tf.Variable, tf.Tensor, tf.Tensor]]:
+    """`(moving_mean, moving_variance, batch_mean, batch_variance)` of every TRAIN-mode
+    `batch_norm` call built in the graph, in order: what standing statistics average before an
+    export (see export.py). Kept beside the graph, not in a collection, so checkpoints' meta
+    graphs do not carry it."""
+    return _BATCH_MOMENTS.setdefault(graph or v1.get_default_graph(), [])
 
 
 def _get(name, shape, initializer, trainable=True, **kwargs):
@@ -145,6 +155,7 @@ def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float
         moving_var = _get("moving_variance", [channels], v1.ones_initializer(), **stat_kwargs)
         if training:
             mean, variance = tf.nn.moments(x, axes=list(range(x.shape.rank - 1)))
+            batch_moments().append((moving_mean, moving_var, mean, variance))
             for var, value in ((moving_mean, mean), (moving_var, variance)):
                 v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
                                      v1.assign_sub(var, (var - value) * (1.0 - decay)))

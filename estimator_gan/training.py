@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from estimator_gan import config as config_lib
 from estimator_gan import data as data_lib
+from estimator_gan import export
 from estimator_gan import images
 from estimator_gan import model_fns
 
@@ -238,9 +239,11 @@ class GAN:
                                           self.config.data.batch_size * train.d_steps, stream))
         centres = self.config.data.mixture.centres() if self.config.data.source == "mixture2d" else None
         self.sample_listener = SamplePictureListener(self.model_dir, centres)
+        listeners: List = [self.sample_listener]
+        if self.config.export.during_training != "never":
+            listeners.append(export.ExportListener(self, stream))
         self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
-                             max_steps=max_steps, hooks=all_hooks,
-                             saving_listeners=[self.sample_listener])
+                             max_steps=max_steps, hooks=all_hooks, saving_listeners=listeners)
         return self.global_step()
 
     def global_step(self) -> int:

@@ -27,7 +27,7 @@ def _var_names(graph, key=v1.GraphKeys.GLOBAL_VARIABLES):
 def test_generator_predict_builds_only_generator():
     graph, spec = _graph_spec(model_fns.generator_model_fn, ModeKeys.PREDICT, np.zeros((3, 8), np.float32))
     assert spec.predictions["samples"].shape.as_list() == [3, 8, 8, 1]
-    assert set(spec.export_outputs) == {"serving_default"}
+    assert set(spec.export_outputs) == {"serving_default", "noise"}
     names = _var_names(graph)
     assert names and all(n.startswith("generator/") or n == "global_step" for n in names)
     assert not any("Adam" in n for n in names)
