@@ -18,9 +18,13 @@ What a caller must know:
   (bilinear, antialiased) to `image_size` when their size differs from `sample_shape(cfg)`.
 * In-memory sources (digits, mixture2d, mnist, npy) are never baked into the graph as
   constants (that would copy the whole data set into every checkpoint's meta graph): the
-  pipeline shuffles indices and gathers each batch from host memory with `tf.numpy_function`.
-  They need no `cache()`; the `cache` option applies to the decoded images of file sources
+  pipeline shuffles indices and gathers each batch from host memory with `tf.numpy_function`
+  (so it runs in the Python process that built it; it cannot be serialized). They need no
+  `cache()`; the `cache` option applies to the decoded images of file sources
   (images, tfrecord), kept as uint8 when training and when they fit in a quarter of the RAM.
+* Image files are checked with PIL before training (`on_corrupt`: fail with the file's name,
+  or skip it). A TFRecord source is checked on its first record only; a later undecodable
+  record stops the pipeline with a TensorFlow error ('fail') or is dropped ('skip').
 * `sample_shape` and `num_classes` read no data files, except the header (and labels file)
   of an npy source, so they also work where the data is absent, e.g. at export time.
 """
@@ -79,8 +83,8 @@ class _Files:
     files: Tuple[str, ...]
     shape: Tuple[int, int, int]
     labeled: bool
-    approx_count: int
-    exact_count: bool
+    count: int
+    count_is_exact: bool  # tfrecord: estimated from file sizes, for the cache decision only
 
 
 # ---------------------------------------------------------------------------- public API
@@ -104,7 +108,10 @@ def sample_shape(cfg: DataConfig) -> Tuple[int, ...]:
 
 
 def num_classes(cfg: DataConfig) -> Optional[int]:
-    """Number of label values (labels are 0..n-1), or None when unknown or unlabelled."""
+    """Number of label values (labels are 0..n-1), or None when unknown or unlabeled.
+
+    digits and mnist: always 10 (an mnist source without labels files just yields no labels).
+    """
     if cfg.source in ("digits", "mnist"):
         return 10
     if cfg.source == "mixture2d":
@@ -113,7 +120,7 @@ def num_classes(cfg: DataConfig) -> Optional[int]:
         path, key = _npy_location(cfg)
         shape, _ = _npy_header(path, key)
         labels = _npy_labels(cfg, path, key, shape[0])
-        return int(labels.max()) + 1 if labels is not None else None
+        return int(labels.max()) + 1 if labels is not None and len(labels) else None
     return None
 
 
@@ -135,10 +142,10 @@ def make_input_fn(cfg: DataConfig, training: bool = True,
             ds = _shuffle_repeat_batch(ds, cfg, training, seed, batch, count)
             ds = ds.map(_gather_fn(src, batch), num_parallel_calls=AUTOTUNE)
         else:
-            if src.exact_count:
-                _check_one_batch(cfg, training, src.approx_count, shards, shard_id, batch)
+            if src.count_is_exact:
+                _check_one_batch(cfg, training, src.count, shards, shard_id, batch)
             ds = _file_examples(src, cfg, shards, shard_id, shuffle_files=training, seed=seed)
-            if cfg.cache and training and _cache_fits(src.approx_count // shards, src.shape):
+            if cfg.cache and training and _cache_fits(src.count // shards, src.shape):
                 ds = ds.cache()
             ds = _shuffle_repeat_batch(ds, cfg, training, seed, batch)
             ds = ds.map(_scale_batch, num_parallel_calls=AUTOTUNE)
@@ -205,8 +212,7 @@ def _check_one_batch(cfg, training, count, shards, shard_id, batch) -> None:
 def _shuffle_repeat_batch(ds, cfg, training, seed, batch, count=None) -> tf.data.Dataset:
     if training:
         buffer = cfg.shuffle_buffer if count is None else max(1, min(cfg.shuffle_buffer, count))
-        ds = ds.shuffle(buffer, seed=seed,
-                        reshuffle_each_iteration=True).repeat()
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     return ds.batch(batch, drop_remainder=True)
 
 
@@ -237,7 +243,7 @@ def _file_examples(src: _Files, cfg, shards, shard_id, shuffle_files, seed) -> t
     shard_files = src.source == "images" or len(src.files) >= shards
     if shard_files:
         files = files.shard(shards, shard_id)
-    if shuffle_files:
+    if shuffle_files and shard_files:  # record-level shards need the same file order everywhere
         files = files.shuffle(len(src.files), seed=seed, reshuffle_each_iteration=True)
     if src.source == "images":
         ds = files.map(lambda p: _decode_image(tf.io.read_file(p), size, channels),
@@ -304,10 +310,10 @@ def _private_session() -> Iterator[tf.compat.v1.Session]:
         yield sess
 
 
-def _drain(sess, fetch, feed=None) -> Iterator:
+def _drain(sess, fetch) -> Iterator:
     while True:
         try:
-            yield sess.run(fetch, feed)
+            yield sess.run(fetch)
         except tf.errors.OutOfRangeError:
             return
 
@@ -357,7 +363,8 @@ def _require_path(cfg: DataConfig) -> str:
     if not cfg.path:
         raise DataError(f"data.path is required for source '{cfg.source}'")
     path = os.path.expanduser(cfg.path)
-    if not os.path.exists(path) and not (cfg.source == "tfrecord" and glob.has_magic(path)):
+    is_glob = cfg.source == "tfrecord" and any(c in path for c in "*?[")
+    if not os.path.exists(path) and not is_glob:
         raise DataError(f"{cfg.source}: {path} does not exist")
     return path
 
@@ -381,19 +388,20 @@ def _load_mixture(cfg: DataConfig, seed) -> _Arrays:
 def _load_mnist(cfg: DataConfig, seed) -> _Arrays:
     path = _require_path(cfg)
     parts = _mnist_parts(path)
-    labelled = [y is not None for _, y, _ in parts]
-    if any(labelled) and not all(labelled):
-        missing = parts[labelled.index(False)][2]
+    labeled = [y is not None for _, y, _ in parts]
+    if any(labeled) and not all(labeled):
+        missing = parts[labeled.index(False)][2]
         raise DataError(f"mnist: {missing} has no labels file beside it (others do)")
     for x, y, where in parts:
         if x.ndim != 3:
             raise DataError(f"mnist: {where} holds shape {x.shape}; expected (N, H, W)")
         if y is not None and (y.ndim != 1 or len(y) != len(x)):
-            raise DataError(f"mnist: {where} has {len(x)} images but {y.shape[0]} labels")
-        if y is not None and len(y) and int(y.max()) > 9:
-            raise DataError(f"mnist: {where} has label {int(y.max())}; expected 0..9")
+            raise DataError(f"mnist: {where} has {len(x)} images but {y.size} labels")
+        if y is not None and len(y) and not 0 <= int(y.min()) <= int(y.max()) <= 9:
+            raise DataError(f"mnist: labels of {where} span {int(y.min())}..{int(y.max())}; "
+                            f"expected 0..9")
     x = np.concatenate([np.asarray(p[0], np.uint8) for p in parts])
-    y = np.concatenate([p[1] for p in parts]).astype(np.int32) if all(labelled) else None
+    y = np.concatenate([p[1] for p in parts]).astype(np.int32) if all(labeled) else None
     if not len(x):
         raise DataError(f"mnist: {path} holds no images")
     return _Arrays(_fit_images(x[..., None], sample_shape(cfg)), y)

@@ -270,26 +270,30 @@ def test_npy_points_and_images(tmp_path):
 # ------------------------------------------------------------------- sharding and graphs
 
 
-@pytest.mark.parametrize("source", ["npy", "images"])
+@pytest.mark.parametrize("source", ["npy", "images", "tfrecord"])
 def test_sharding_halves_the_batch_and_splits_the_data(tmp_path, source):
     if source == "npy":
         np.save(tmp_path / "p.npy", np.stack([np.arange(16), np.zeros(16)], 1).astype(np.float32))
         cfg = DataConfig(source="npy", path=str(tmp_path / "p.npy"), batch_size=4)
         key = lambda x: x[:, 0].tolist()  # noqa: E731
-    else:
+    elif source == "images":
         for k in range(8):
             write_png(str(tmp_path / f"{k}.png"), pattern(k))
         cfg = DataConfig(source="images", path=str(tmp_path), image_size=8, batch_size=2)
         key = lambda x: np.rint((x[:, 0, 0, 0] + 1) * 127.5).tolist()  # noqa: E731
+    else:  # one file: the records, not the files, are sharded
+        write_tfrecord(tmp_path / "one.tfrecord", [pattern(k) for k in range(8)], range(8))
+        cfg = DataConfig(source="tfrecord", path=str(tmp_path), image_size=8, batch_size=2)
+        key = lambda xy: xy[1].tolist()  # noqa: E731
     seen = []
     for i in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
                                          num_replicas_in_sync=2)
         shard = batches(cfg, input_context=ctx)
-        assert all(b.shape[0] == cfg.batch_size // 2 for b in shard)
+        assert all(len(key(b)) == cfg.batch_size // 2 for b in shard)
         seen.append(sum((key(b) for b in shard), []))
         (train,) = batches(cfg, n=1, training=True, seed=0, input_context=ctx)
-        assert train.shape[0] == cfg.batch_size // 2
+        assert len(key(train)) == cfg.batch_size // 2
     assert not set(seen[0]) & set(seen[1])
     assert len(seen[0]) + len(seen[1]) == (16 if source == "npy" else 8)
 
