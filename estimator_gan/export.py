@@ -150,7 +150,8 @@ def discriminator_receiver_fn(config: config_lib.Config):
 def training_mode_generator(noise, labels, params):
     """G with batch statistics (training mode) and the weights PREDICT reads; returns
     (samples, batch-norm update ops)."""
-    return model_fns.generator(noise, labels, ModeKeys.TRAIN, params)
+    return model_fns.generator(noise, labels, ModeKeys.TRAIN, params,
+                               use_ema=model_fns.uses_ema(ModeKeys.PREDICT, params))
 
 
 def standing_statistics(gan, checkpoint_path: str, output_prefix: str) -> int:
