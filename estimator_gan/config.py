@@ -57,6 +57,23 @@ class MixtureConfig(_Strict):
                 for i in range(side) for j in range(side)]
 
 
+class SplitConfig(_Strict):
+    """A seeded split of a data set into two disjoint parts, e.g. to train the GAN on one and
+    the evaluation's feature classifier (and real reference) on the other.
+
+    The examples are permuted with `seed`; part `first` is the first `round(fraction * N)` of
+    them, part `second` the rest. The same seed and fraction always give the same parts.
+    """
+
+    fraction: float = Field(0.5, gt=0, lt=1, description="Share of the examples in part 'first'.")
+    part: Literal["first", "second"] = "first"
+    seed: int = 0
+
+    def complement(self) -> "SplitConfig":
+        """The same split, the other part."""
+        return self.model_copy(update={"part": "second" if self.part == "first" else "first"})
+
+
 class DataConfig(_Strict):
     """Where real examples come from and how they are batched.
 
@@ -78,6 +95,8 @@ class DataConfig(_Strict):
     image_key: str = "image/encoded"
     label_key: Optional[str] = "image/class/label"
     mixture: MixtureConfig = MixtureConfig()
+    split: Optional[SplitConfig] = Field(
+        None, description="Use one part of a seeded split of the examples (not for tfrecord).")
 
     @field_validator("channels")
     @classmethod
