@@ -172,11 +172,33 @@ class TrainConfig(_Strict):
     sample_grid: int = Field(8, ge=1, le=32, description="Sample PNG is a grid of n x n.")
 
 
+class EvalConfig(_Strict):
+    """Sample-quality evaluation (`estimator-gan evaluate` and, during training, every
+    `every_checkpoints`-th checkpoint; 0 turns the in-training metrics off).
+
+    The real data for the metrics is `data` itself or, when `data.split` is set, the *other*
+    part of the split, so the feature classifier and the real reference never saw the GAN's
+    training examples.
+    """
+
+    every_checkpoints: int = Field(0, ge=0, description="Evaluate every n-th checkpoint while training (0: off).")
+    num_samples: int = Field(1000, ge=10, description="Generated samples, and real reference samples.")
+    eval_batches: int = Field(20, ge=1, description="Batches of the Estimator EVAL pass (losses, D accuracy).")
+    classifier_epochs: int = Field(3, ge=1)
+    classifier_cache: Optional[str] = Field(
+        None, description="Feature classifier .keras file (default: <model_dir>/eval/feature_classifier-<hash>.keras).")
+    kid_subset_size: int = Field(1000, ge=2)
+    kid_num_subsets: int = Field(10, ge=1)
+    mode_std_k: float = Field(3.0, gt=0, description="2D mixture: high quality = within k std of a mode centre.")
+    seed: int = 0
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     def to_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json")
