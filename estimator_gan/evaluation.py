@@ -539,8 +539,7 @@ class SampleMetrics:
             self._log(f"feature classifier: {'loading' if os.path.exists(path) else 'training'} "
                       f"{path} ({len(real)} labelled examples)")
             self._classifier = train_feature_classifier(
-                real, labels, int(labels.max()) + 1 if data_lib.num_classes(data_cfg) is None
-                else data_lib.num_classes(data_cfg),
+                real, labels, data_lib.num_classes(data_cfg) or int(labels.max()) + 1,
                 cache_path=path, seed=cfg.eval.seed, epochs=cfg.eval.classifier_epochs)
             self.info = {"kind": "classifier", "classifier": path}
             if cfg.data.split is not None:

@@ -192,3 +192,18 @@ def test_evaluate_bad_input_is_one_line_error(digits_run, args, fragment, capsys
 def test_evaluate_refuses_a_directory_that_is_not_a_model_dir(tmp_path, capsys):
     assert cli.main(["evaluate", "--model-dir", str(tmp_path)]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+
+
+def test_unlabelled_images_use_the_fallback_features(tmp_path):
+    digits, _ = data_lib.load_examples(tiny_config("data.source=digits", "data.image_size=8").data)
+    path = str(tmp_path / "digits.npy")
+    np.save(path, digits)
+    config = tiny_config("data.source=npy", f"data.path={path}", "model.sample_shape=null",
+                         "eval.num_samples=200", "eval.kid_subset_size=100")
+    metrics = ev.SampleMetrics(training.resolve_config(config), str(tmp_path))
+    noise = np.random.default_rng(0).uniform(-1, 1, (200, 8, 8, 1))
+    model, reference = metrics(noise)
+    assert metrics.kind == "fallback" and "classifier_score" not in model
+    assert set(model) == set(reference) == {"frechet_distance", "kid", "kid_std"}
+    assert model["frechet_distance"] > 10 * reference["frechet_distance"]
+    assert model["kid"] > reference["kid"]
