@@ -805,6 +805,7 @@ class EvaluationListener(tf.estimator.CheckpointSaverListener):
         write_summaries(self._gan.model_dir, step, record, self._pictures(session))
 
 
+_LOG_SCALE = ("frechet_distance", "kid")
 _MAIN_METRICS = ("frechet_distance", "kid", "classifier_score", "modes_covered",
                  "high_quality_share", "kl_to_uniform")
 
@@ -852,9 +853,13 @@ def write_plots(model_dir: str, config, record: Optional[dict] = None) -> List[s
     keys = [k for k in _MAIN_METRICS if any(k in r.get("metrics", {}) for r in history)]
     if keys:
         xs = [r["step"] for r in history]
-        charts = [images.line_chart(key, xs, [r["metrics"].get(key) for r in history],
-                                    [r.get("reference", {}).get(key) for r in history])
-                  for key in keys]
+        charts = []
+        for key in keys:
+            ys = [r["metrics"].get(key) for r in history]
+            positive = [y for y in ys if y is not None and y > 0]
+            log = key in _LOG_SCALE and len(positive) == len(ys) and max(ys) > 10 * min(ys)
+            charts.append(images.line_chart(key, xs, ys, [r.get("reference", {}).get(key)
+                                                          for r in history], log=log))
         paths.append(images.save_png(images.tile(charts),
                                      os.path.join(model_dir, EVAL_DIR, "metrics.png")))
     if record is not None and record.get("samples") is not None:

@@ -114,11 +114,19 @@ def _tick(value: float) -> str:
 
 def line_chart(title: str, xs: Sequence[float], ys: Sequence[Optional[float]],
                reference: Optional[Sequence[Optional[float]]] = None,
-               size: Tuple[int, int] = (420, 280)) -> Image.Image:
+               size: Tuple[int, int] = (420, 280), log: bool = False) -> Image.Image:
     """One metric over training steps: the model's values (blue, with markers) and, if given,
-    the real-vs-real reference (orange, dashed). None values are left out."""
+    the real-vs-real reference (orange, dashed). None values (and, with `log`, a log10 y axis,
+    values <= 0) are left out."""
+    if log:
+        def to_log(vals):
+            return [math.log10(v) if v is not None and v > 0 else None for v in vals]
+
+        ys = to_log(ys)
+        reference = None if reference is None else to_log(reference)
+        title += " (log scale)"
     width, height = size
-    left, right, top, bottom = 62, 14, 30, 40
+    left, right, top, bottom = 62, 14, 46, 40
     image = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font, small = _font(14), _font(11)
@@ -148,7 +156,7 @@ def line_chart(title: str, xs: Sequence[float], ys: Sequence[Optional[float]],
         value = ymin + frac * (ymax - ymin)
         _, py = px(xmin, value)
         draw.line([(x0, py), (x1, py)], fill=(232, 232, 232))
-        draw.text((4, py - 6), _tick(value), fill=(60, 60, 60), font=small)
+        draw.text((4, py - 6), _tick(10 ** value if log else value), fill=(60, 60, 60), font=small)
     for x in sorted(set(float(v) for v in xs)):
         qx, _ = px(x, ymin)
         draw.line([(qx, y1), (qx, y1 + 4)], fill=(120, 120, 120))
@@ -177,8 +185,8 @@ def line_chart(title: str, xs: Sequence[float], ys: Sequence[Optional[float]],
             if len(pts) == 1:
                 draw.line([(x0, pts[0][1]), (x1, pts[0][1])], fill=colour, width=1)
         legend_x -= 7 * len(name) + 18
-        draw.rectangle([legend_x, 12, legend_x + 10, 16], fill=colour)
-        draw.text((legend_x + 13, 7), name, fill=(60, 60, 60), font=small)
+        draw.rectangle([legend_x, 31, legend_x + 10, 35], fill=colour)
+        draw.text((legend_x + 13, 26), name, fill=(60, 60, 60), font=small)
     return image
 
 

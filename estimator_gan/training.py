@@ -215,7 +215,8 @@ class GAN:
                                           self.config.data.batch_size * train.d_steps, stream))
         centres = self.config.data.mixture.centres() if self.config.data.source == "mixture2d" else None
         self.sample_listener = SamplePictureListener(self.model_dir, centres)
-        self.eval_listener = evaluation.EvaluationListener(self, stream if progress else None)
+        self.eval_listener = evaluation.EvaluationListener(
+            self, (stream or sys.stdout) if progress else None)
         self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
                              max_steps=max_steps, hooks=all_hooks,
                              saving_listeners=[self.sample_listener, self.eval_listener])
