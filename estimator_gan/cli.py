@@ -209,10 +209,85 @@ def _save_npy(array, path: str):
     config_lib.atomic_write_bytes(path, buffer.getvalue())
 
 
+def _evaluate_parser(parser: argparse.ArgumentParser):
+    parser.add_argument("--model-dir", required=True,
+                        help="a model dir written by `train` (its config.yaml and checkpoints)")
+    parser.add_argument("--export", metavar="DIR",
+                        help="evaluate this exported generator (SavedModel, or a folder of "
+                             "timestamped exports) instead of a checkpoint")
+    parser.add_argument("--checkpoint", help="evaluate this checkpoint (default: the latest)")
+    parser.add_argument("--all-checkpoints", action="store_true",
+                        help="evaluate every checkpoint still in the model dir (metric curves)")
+    parser.add_argument("--num-samples", type=int, help="shorthand for --set eval.num_samples=N")
+    parser.add_argument("--output", help="result JSON (default: <model-dir>/eval.json)")
+    parser.add_argument("--plot", action="store_true",
+                        help="write evaluation/metrics.png (curves over checkpoints) and a "
+                             "samples picture (a scatter with the mode centres for 2D data)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the saved config, e.g. --set eval.classifier_epochs=5")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def cmd_evaluate(args) -> int:
+    _quiet_tensorflow()
+    import tensorflow as tf
+
+    from estimator_gan import config as config_lib
+    from estimator_gan import evaluation
+    from estimator_gan import training
+
+    overrides = list(args.overrides)
+    if args.num_samples is not None:
+        overrides.append(f"eval.num_samples={args.num_samples}")
+    if not os.path.isdir(args.model_dir):
+        raise FileNotFoundError(f"model dir not found: {args.model_dir}")
+    config_lib.load_model_dir_config(args.model_dir)  # a one-line error if it is not one
+    config = config_lib.load_config(os.path.join(args.model_dir, config_lib.CONFIG_FILENAME), overrides)
+    gan = training.GAN(config, model_dir=args.model_dir)
+    metrics = evaluation.SampleMetrics(gan.config, args.model_dir, stream=sys.stdout)
+    if args.export:
+        samples = evaluation.export_samples(args.export, gan.config, gan.config.eval.num_samples,
+                                            gan.config.eval.seed)
+        record = evaluation.evaluate_samples(metrics, samples, None, "export")
+        record["export"] = evaluation.find_saved_model(args.export)
+        print(f"evaluated export {record['export']}")
+    else:
+        if args.checkpoint:
+            checkpoints = [args.checkpoint]
+        elif args.all_checkpoints:
+            state = tf.train.get_checkpoint_state(args.model_dir)
+            checkpoints = list(state.all_model_checkpoint_paths) if state else []
+        else:
+            checkpoints = [p for p in [tf.train.latest_checkpoint(args.model_dir)] if p]
+        if not checkpoints:
+            raise FileNotFoundError(f"no checkpoint in {args.model_dir}: train first")
+        for path in checkpoints:
+            if not tf.io.gfile.exists(path + ".index"):
+                raise FileNotFoundError(f"checkpoint not found: {path}")
+            record = evaluation.evaluate_checkpoint(gan, metrics, path,
+                                                    estimator_eval=path == checkpoints[-1])
+            evaluation.append_history(args.model_dir, record)
+            print(f"step {record['step']}: {evaluation.format_inline(record)}", flush=True)
+    print(f"\n{record['num_samples']} samples, features: {metrics.info['kind']}"
+          + (f" ({metrics.info['classifier']})" if "classifier" in metrics.info else ""))
+    print(evaluation.format_table(record))
+    record["feature_extractor"] = metrics.info
+    output = evaluation.write_result(
+        args.output or os.path.join(args.model_dir, evaluation.RESULT_FILE), record)
+    print(f"wrote {output}")
+    if args.plot:
+        for path in evaluation.write_plots(args.model_dir, gan.config, record):
+            print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {
     "train": (_train_parser, cmd_train, "train a GAN (resumes from the model dir's latest checkpoint)"),
     "export": (_export_parser, cmd_export, "export a trained model for TensorFlow Serving (and TFLite)"),
     "generate": (_generate_parser, cmd_generate, "write samples from an export or a model dir (PNG grid, PNGs, .npy)"),
+    "evaluate": (_evaluate_parser, cmd_evaluate,
+                 "sample-quality metrics of a checkpoint or export, next to a real-vs-real reference"),
 }
 
 

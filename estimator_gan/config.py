@@ -57,6 +57,23 @@ class MixtureConfig(_Strict):
                 for i in range(side) for j in range(side)]
 
 
+class SplitConfig(_Strict):
+    """A seeded split of a data set into two disjoint parts, e.g. to train the GAN on one and
+    the evaluation's feature classifier (and real reference) on the other.
+
+    The examples are permuted with `seed`; part `first` is the first `round(fraction * N)` of
+    them, part `second` the rest. The same seed and fraction always give the same parts.
+    """
+
+    fraction: float = Field(0.5, gt=0, lt=1, description="Share of the examples in part 'first'.")
+    part: Literal["first", "second"] = "first"
+    seed: int = 0
+
+    def complement(self) -> "SplitConfig":
+        """The same split, the other part."""
+        return self.model_copy(update={"part": "second" if self.part == "first" else "first"})
+
+
 class DataConfig(_Strict):
     """Where real examples come from and how they are batched.
 
@@ -78,6 +95,8 @@ class DataConfig(_Strict):
     image_key: str = "image/encoded"
     label_key: Optional[str] = "image/class/label"
     mixture: MixtureConfig = MixtureConfig()
+    split: Optional[SplitConfig] = Field(
+        None, description="Use one part of a seeded split of the examples (not for tfrecord).")
 
     @field_validator("channels")
     @classmethod
@@ -188,12 +207,34 @@ class ExportConfig(_Strict):
     tflite: bool = Field(False, description="Also write the noise signature as TFLite.")
 
 
+class EvalConfig(_Strict):
+    """Sample-quality evaluation (`estimator-gan evaluate` and, during training, every
+    `every_checkpoints`-th checkpoint; 0 turns the in-training metrics off).
+
+    The real data for the metrics is `data` itself or, when `data.split` is set, the *other*
+    part of the split, so the feature classifier and the real reference never saw the GAN's
+    training examples.
+    """
+
+    every_checkpoints: int = Field(0, ge=0, description="Evaluate every n-th checkpoint while training (0: off).")
+    num_samples: int = Field(1000, ge=10, description="Generated samples, and real reference samples.")
+    eval_batches: int = Field(20, ge=1, description="Batches of the Estimator EVAL pass (losses, D accuracy).")
+    classifier_epochs: int = Field(3, ge=1)
+    classifier_cache: Optional[str] = Field(
+        None, description="Feature classifier .keras file (default: <model_dir>/eval/feature_classifier-<hash>.keras).")
+    kid_subset_size: int = Field(1000, ge=2)
+    kid_num_subsets: int = Field(10, ge=1)
+    mode_std_k: float = Field(3.0, gt=0, description="2D mixture: high quality = within k std of a mode centre.")
+    seed: int = 0
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _packing_fits(self):

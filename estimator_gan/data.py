@@ -356,7 +356,31 @@ def _to_nhwc(x: np.ndarray) -> np.ndarray:
 
 
 def _load(cfg: DataConfig, seed: Optional[int]) -> Union[_Arrays, _Files]:
-    return _LOADERS[cfg.source](cfg, seed)
+    src = _LOADERS[cfg.source](cfg, seed)
+    return src if cfg.split is None else _split(cfg, src)
+
+
+def _split_indices(cfg: DataConfig, count: int) -> np.ndarray:
+    """The indices (in source order) of the part of `count` examples that `cfg.split` selects."""
+    split = cfg.split
+    order = np.random.RandomState(split.seed).permutation(count)
+    cut = int(round(split.fraction * count))
+    picked = np.sort(order[:cut] if split.part == "first" else order[cut:])
+    if not len(picked):
+        raise DataError(f"{cfg.source}: data.split part '{split.part}' of {count} examples "
+                        f"with fraction {split.fraction} is empty")
+    return picked
+
+
+def _split(cfg: DataConfig, src: Union[_Arrays, _Files]) -> Union[_Arrays, _Files]:
+    if isinstance(src, _Arrays):
+        picked = _split_indices(cfg, len(src.x))
+        return _Arrays(src.x[picked], None if src.y is None else src.y[picked])
+    if src.source != "images":
+        raise DataError(f"data.split is not supported for source '{src.source}'; "
+                        "split the record files instead")
+    files = tuple(src.files[k] for k in _split_indices(cfg, len(src.files)))
+    return replace(src, files=files, approx_count=len(files))
 
 
 def _require_path(cfg: DataConfig) -> str:

@@ -43,6 +43,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from estimator_gan import evaluation
 from estimator_gan import losses as losses_lib
 from estimator_gan import nets
 
@@ -347,9 +348,18 @@ def eval_spec(features, labels, params, role: str) -> tf.estimator.EstimatorSpec
         "discriminator/probability_real": v1.metrics.mean(real_prob),
         "discriminator/probability_fake": v1.metrics.mean(fake_prob),
     }
+    metrics.update(_mixture_metrics(fake, cfg))
     return tf.estimator.EstimatorSpec(
         ModeKeys.EVAL, loss=d_loss if role == DISCRIMINATOR_SCOPE else g_loss,
         eval_metric_ops=metrics)
+
+
+def _mixture_metrics(fake, cfg) -> Dict[str, tuple]:
+    """Mode coverage, high-quality share and KL to uniform of the fakes, for 2D mixture data."""
+    if cfg.data.source != "mixture2d" or list(cfg.model.sample_shape or []) != [2]:
+        return {}
+    mixture = cfg.data.mixture
+    return evaluation.mixture_metric_ops(fake, mixture.centres(), mixture.std, k=cfg.eval.mode_std_k)
 
 
 def _feature(features, key):

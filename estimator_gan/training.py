@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from estimator_gan import config as config_lib
 from estimator_gan import data as data_lib
+from estimator_gan import evaluation
 from estimator_gan import export
 from estimator_gan import images
 from estimator_gan import model_fns
@@ -239,7 +240,9 @@ class GAN:
                                           self.config.data.batch_size * train.d_steps, stream))
         centres = self.config.data.mixture.centres() if self.config.data.source == "mixture2d" else None
         self.sample_listener = SamplePictureListener(self.model_dir, centres)
-        listeners: List = [self.sample_listener]
+        self.eval_listener = evaluation.EvaluationListener(
+            self, (stream or sys.stdout) if progress else None)
+        listeners: List = [self.sample_listener, self.eval_listener]
         if self.config.export.during_training != "never":
             listeners.append(export.ExportListener(self, stream))
         self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
@@ -251,14 +254,18 @@ class GAN:
         return int(tf.train.load_variable(path, "global_step")) if path else 0
 
     def evaluate(self, input_fn: Optional[Callable] = None, steps: Optional[int] = None,
-                 name: Optional[str] = None) -> dict:
-        """EVAL metrics (both losses, D accuracy/probability on real and fake) on the latest
-        checkpoint, one pass over the config's data unless `steps` is given."""
+                 name: Optional[str] = None, checkpoint_path: Optional[str] = None) -> dict:
+        """EVAL metrics (both losses, D accuracy/probability on real and fake, and the mode
+        metrics for 2D mixture data) on the latest checkpoint (or `checkpoint_path`), one pass
+        over the config's data unless `steps` is given."""
         return self.generator_estimator.evaluate(input_fn or self.input_fn(training=False),
-                                                 steps=steps, name=name)
+                                                 steps=steps, name=name,
+                                                 checkpoint_path=checkpoint_path)
 
-    def generate(self, count: int, seed: int = 0, labels=None) -> np.ndarray:
-        """`count` samples from the latest checkpoint, G in inference mode, noise from `seed`.
+    def generate(self, count: int, seed: int = 0, labels=None,
+                 checkpoint_path: Optional[str] = None) -> np.ndarray:
+        """`count` samples from the latest checkpoint (or `checkpoint_path`), G in inference
+        mode, noise from `seed`.
 
         Conditional models: `labels` is one class id for all samples or one per sample
         (default: 0, 1, ..., num_classes-1, 0, ...); ids outside [0, num_classes) raise
@@ -278,4 +285,4 @@ class GAN:
             return tf.data.Dataset.from_tensor_slices(features).batch(256)
 
         return np.stack([p["samples"] for p in self.generator_estimator.predict(
-            input_fn, yield_single_examples=True)])
+            input_fn, yield_single_examples=True, checkpoint_path=checkpoint_path)])
