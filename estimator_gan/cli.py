@@ -42,6 +42,7 @@ def _train_parser(parser: argparse.ArgumentParser):
 def cmd_train(args) -> int:
     _quiet_tensorflow()
     from estimator_gan import config as config_lib
+    from estimator_gan import reliability
     from estimator_gan import training
 
     overrides = list(args.overrides)
@@ -61,8 +62,13 @@ def cmd_train(args) -> int:
           f"{'resuming at step ' + str(start_step) if start_step else 'from scratch'}, "
           f"to step {max_steps}, model dir {args.model_dir}", flush=True)
     started = time.time()
-    step = gan.train()
+    with reliability.GracefulStop(gan.config.train.stop_grace_secs) as stop:
+        step = gan.train(hooks=[stop.hook()])
     elapsed = time.time() - started
+    if stop.signum:
+        print(f"stopped by {stop.signal_name} at step {step} after {elapsed:.1f}s; checkpoint saved "
+              f"in {args.model_dir}; rerun the same command to resume", flush=True)
+        return stop.exit_code
     print(f"done: step {step} in {elapsed:.1f}s; checkpoint and config in {args.model_dir}"
           + (f"; samples: {gan.sample_listener.last_path}" if gan.sample_listener.last_path else ""))
     return 0
@@ -87,11 +93,26 @@ def _run(fn, args) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - turned into one line unless --debug
-        if getattr(args, "debug", False) or not isinstance(err, _user_errors()):
+        if getattr(args, "debug", False):
             raise
+        if not isinstance(err, _user_errors()):
+            return _environment_error(err, args)
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _environment_error(err: Exception, args) -> int:
+    """Disk full, permissions, a diverged model, a locked model_dir: one line and an exit code;
+    anything unrecognised is a bug and keeps its traceback."""
+    from estimator_gan import reliability
+
+    described = reliability.describe_failure(err, getattr(args, "model_dir", None))
+    if described is None:
+        raise err
+    message, code = described
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -10,6 +10,7 @@ Estimators predict, evaluate, export or train further from the checkpoints it wr
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -23,6 +24,7 @@ from estimator_gan import config as config_lib
 from estimator_gan import data as data_lib
 from estimator_gan import images
 from estimator_gan import model_fns
+from estimator_gan import reliability
 
 v1 = tf.compat.v1
 
@@ -204,11 +206,18 @@ class GAN:
         """Run the orchestrated loop until global step `max_steps` (default: the config's),
         resuming from the latest checkpoint. Returns the final global step."""
         max_steps = max_steps or self.config.train.max_steps
+        # Only the chief writes config and checkpoints, so only the chief takes the lock.
+        with reliability.RunLock(self.model_dir) if self.run_config.is_chief else contextlib.nullcontext():
+            return self._train(input_fn, max_steps, hooks, progress, stream)
+
+    def _train(self, input_fn, max_steps, hooks, progress, stream) -> int:
         if self.run_config.is_chief:
             check_model_dir(self.config, self.model_dir)
+            reliability.remove_partial_files(self.model_dir)
             config_lib.save_config(self.config, self.model_dir)
         train = self.config.train
-        all_hooks: List = list(hooks)
+        all_hooks: List = list(hooks) + [reliability.NonFiniteLossHook(self.model_dir),
+                                         reliability.CheckpointCompatibilityHook(self.model_dir)]
         if progress:
             all_hooks.append(ProgressHook(train.log_every_steps, max_steps,
                                           self.config.data.batch_size * train.d_steps, stream))
@@ -216,7 +225,8 @@ class GAN:
         self.sample_listener = SamplePictureListener(self.model_dir, centres)
         self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
                              max_steps=max_steps, hooks=all_hooks,
-                             saving_listeners=[self.sample_listener])
+                             saving_listeners=[reliability.FiniteCheckpointListener(self.model_dir),
+                                               self.sample_listener])
         return self.global_step()
 
     def global_step(self) -> int:
