@@ -10,9 +10,10 @@ What a caller must know:
   since it.
 * `GracefulStop` turns SIGTERM / SIGINT into a stop request at the end of the current step;
   the Estimator's `CheckpointSaverHook` then saves a checkpoint in `end()` and the summary
-  hook flushes the events file. A second signal, or no exit within `grace_secs` (a step or
-  input pipeline that hangs), exits at once with 128 + the signal number; the last checkpoint
-  on disk is still complete.
+  hook flushes the events file. Outside the training loop (graph building, restoring, after
+  the final save) there is nothing unsaved, so a signal exits at once with the same code. A
+  second signal, or no exit within `grace_secs` (a step or input pipeline that hangs), exits
+  at once with 128 + the signal number; the last checkpoint on disk is still complete.
 * `NonFiniteLossHook` raises `TrainingDiverged` (naming the network and the step) from
   `after_run` on a NaN/inf loss. Raising, unlike `request_stop`, makes `MonitoredSession`
   skip every hook's `end()`, so the final checkpoint save does not happen and the last good
@@ -76,6 +77,7 @@ class GracefulStop:
         self.signum: Optional[int] = None
         self._previous = {}
         self._timer: Optional[threading.Timer] = None
+        self._running = False
 
     @property
     def signal_name(self) -> Optional[str]:
@@ -100,21 +102,26 @@ class GracefulStop:
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.signum is not None:
-            self._exit_now(f"{name} again: exiting now; the last saved checkpoint is kept", signum)
+            self._exit_now(f"{name} again: exiting now; the last saved checkpoint is kept",
+                           128 + signum)
         self.signum = signum
+        if not self._running:
+            # Before the first step or after the final save: nothing unsaved to lose.
+            self._exit_now(f"{name} received outside the training loop: exiting; nothing "
+                           f"unsaved was lost", self.exit_code)
         print(f"{name} received: stopping after this step and saving a checkpoint "
               f"(send it again to exit at once)", file=self._stream, flush=True)
         self._timer = threading.Timer(
             self.grace_secs, self._exit_now,
             (f"no clean stop within {self.grace_secs:g}s of {name}: exiting now; the last "
-             f"saved checkpoint is kept", signum))
+             f"saved checkpoint is kept", 128 + signum))
         self._timer.daemon = True
         self._timer.start()
 
-    def _exit_now(self, message: str, signum: int):
+    def _exit_now(self, message: str, code: int):
         print(message, file=self._stream, flush=True)
         sys.stdout.flush()
-        os._exit(128 + signum)
+        os._exit(code)
 
     def hook(self) -> tf.estimator.SessionRunHook:
         return _StopRequestHook(self)
@@ -124,9 +131,15 @@ class _StopRequestHook(tf.estimator.SessionRunHook):
     def __init__(self, stop: GracefulStop):
         self._stop = stop
 
+    def after_create_session(self, session, coord):
+        self._stop._running = True  # runs after the checkpoint saver's first save
+
     def after_run(self, run_context, run_values):
         if self._stop.signum is not None:
             run_context.request_stop()
+
+    def end(self, session):
+        self._stop._running = False  # runs after the checkpoint saver's final save
 
 
 # --------------------------------------------------------------------------- divergence

@@ -37,6 +37,18 @@ def resolve_config(config: config_lib.Config) -> config_lib.Config:
     return config
 
 
+def check_labels(config: config_lib.Config) -> None:
+    """Refuse data whose labels (0..n-1, where known before reading it all) exceed
+    `model.num_classes`: an embedding lookup would fail mid-training or, on some devices,
+    silently read zeros."""
+    classes = config.model.num_classes
+    found = data_lib.num_classes(config.data) if classes is not None else None
+    if found is not None and found > classes:
+        raise data_lib.DataError(
+            f"{config.data.source}: labels go up to {found - 1} but model.num_classes is "
+            f"{classes}; labels must lie in 0..{classes - 1}")
+
+
 def check_model_dir(config: config_lib.Config, model_dir: str) -> None:
     """Refuse to resume a checkpoint under a config whose network shapes differ from it."""
     saved_path = os.path.join(model_dir, config_lib.CONFIG_FILENAME)
@@ -161,6 +173,7 @@ class GAN:
                  run_config: Optional[tf.estimator.RunConfig] = None,
                  generator_fn=None, discriminator_fn=None, loss=None):
         self.config = resolve_config(config)
+        check_labels(self.config)
         if run_config is None:
             if model_dir is None:
                 raise ValueError("GAN needs a model_dir or a run_config with one")
