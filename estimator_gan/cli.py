@@ -1,7 +1,8 @@
 """Command line: `estimator-gan train ...` (and `python run_train.py ...`, the same as `train`).
 
-Errors a user can fix (bad config, bad data, bad paths) print one line, `error: ...`, and exit 2;
-`--debug` shows the traceback instead.
+Errors a user can fix (bad config, bad data, bad paths, a full disk, a locked model dir) print
+one line, `error: ...`, and exit 2; a diverged run exits 3; SIGTERM stops cleanly with exit 0,
+SIGINT with 130 (see `reliability`). `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 

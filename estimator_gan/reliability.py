@@ -295,19 +295,22 @@ class RunLock:
 _PARTIAL = re.compile(r"(\.tmp[0-9a-f]{32}|_temp)$|^\.tmp-")
 
 
-def remove_partial_files(model_dir: str) -> List[str]:
-    """Delete what a killed save left behind: TF's `*.tmp<hex>` files and `<prefix>_temp`
-    folders, and our `.tmp-*` files (config, sample PNGs). Call only while holding the
-    `RunLock`, when no other process can be writing them. Returns the removed paths."""
-    removed = []
+def partial_files(model_dir: str) -> List[str]:
+    """What an interrupted save leaves behind: TF's `*.tmp<hex>` files and `<prefix>_temp`
+    folders, and our `.tmp-*` files (config, sample PNGs)."""
+    found = []
     for folder in (model_dir, os.path.join(model_dir, "samples")):
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            path = os.path.join(folder, name)
-            if _PARTIAL.search(name):
-                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-                removed.append(path)
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _PARTIAL.search(n)]
+    return found
+
+
+def remove_partial_files(model_dir: str) -> List[str]:
+    """Delete `partial_files`. Call only while holding the `RunLock`, when no other process can
+    be writing them. Returns the removed paths."""
+    removed = partial_files(model_dir)
+    for path in removed:
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
     return removed
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, tiny_config
 from estimator_gan import cli, model_fns, reliability, training
-from test_cli import TINY
+from test_cli import TINY, run_train
 
 SLOW_SAVES = ["--set", "train.save_checkpoints_steps=100000", "--set", "train.log_every_steps=20"]
 
@@ -121,9 +121,7 @@ def test_sigterm_saves_exits_0_and_resumes_and_a_second_training_is_refused(tmp_
     first = start_train(out, "--model-dir", model_dir, "--max-steps", "1000000", *SLOW_SAVES)
     try:
         wait_for(training_started(out), what="the first progress line")
-        second = subprocess.run(
-            [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--model-dir", model_dir,
-             *TINY], cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+        second = run_train("--model-dir", model_dir, *TINY)
         assert_one_line_error(second.returncode, second.stderr, f"{model_dir} is in use by another "
                               f"training (pid {first.pid} on {socket.gethostname()} since ")
         assert first.poll() is None
@@ -136,17 +134,14 @@ def test_sigterm_saves_exits_0_and_resumes_and_a_second_training_is_refused(tmp_
     assert "SIGTERM received: stopping after this step and saving a checkpoint" in log
     stopped = [line for line in log.splitlines() if line.startswith("stopped by SIGTERM at step ")]
     assert stopped, log
-    step = int(stopped[0].split()[4])
+    step = int(stopped[0].split()[5])
     assert assert_model_dir_intact(model_dir) == step > 20
     events = [e for f in tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents*"))
               for e in tf.compat.v1.train.summary_iterator(f)]
     assert any(e.step == step and e.session_log.status == e.session_log.CHECKPOINT for e in events)
     assert read(os.path.join(model_dir, reliability.LOCK_FILENAME)) == ""
 
-    resumed = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--model-dir", model_dir,
-         "--max-steps", str(step + 3), *TINY], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=240)
+    resumed = run_train("--model-dir", model_dir, "--max-steps", str(step + 3), *TINY)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming at step {step}," in resumed.stdout and "stale lock" not in resumed.stderr
     assert assert_model_dir_intact(model_dir) == step + 3
@@ -164,52 +159,55 @@ def test_sigint_saves_and_exits_130(tmp_path):
         stop(proc)
     stopped = [line for line in read(out).splitlines() if line.startswith("stopped by SIGINT")]
     assert stopped and "Traceback" not in read(out), read(out)
-    assert assert_model_dir_intact(model_dir) == int(stopped[0].split()[4])
+    assert assert_model_dir_intact(model_dir) == int(stopped[0].split()[5])
 
 
 def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
-    """Checkpoints every step (so most kills land inside a save); after each kill every listed
-    checkpoint loads, the latest step never goes back, and the next run resumes from it,
-    removes the killed save's partial files and takes over the stale lock."""
+    """Kills cycle through three moments: start-up (graph building, restore, first save), the
+    instant a save's temporary file appears, and a random moment of the loop (checkpoints every
+    step). After each kill every listed checkpoint loads, the latest step never goes back, and
+    the next run resumes from it, removes the partial files and takes over the stale lock."""
     points = int(os.environ.get("RELIABILITY_KILL_POINTS", "4"))
     model_dir = str(tmp_path / "run")
     rng = random.Random(7)
-    latest, partial_kills = 0, 0
+    latest, partial_kills = 0, []
     for i in range(points):
         out = str(tmp_path / f"run{i}.out")
+        leftovers = set(reliability.partial_files(model_dir))
         proc = start_train(out, "--model-dir", model_dir, "--max-steps", "1000000",
                            "--set", "train.save_checkpoints_steps=1")
         try:
-            if i == 0:  # during graph building / the first checkpoint
+            moment = ("start-up", "save", "loop")[i % 3]
+            if moment == "start-up":
                 wait_for(lambda: "training dcgan" in read(out), what="start-up")
                 time.sleep(rng.uniform(0.0, 2.0))
             else:
-                wait_for(lambda: (tf.train.latest_checkpoint(model_dir) or "").endswith(
-                    f"-{latest + 1}") or training_started(out)(), what="a new checkpoint")
-                time.sleep(rng.uniform(0.0, 0.5))
+                wait_for(training_started(out), what="the first progress line")
+                if moment == "save":
+                    wait_for(lambda: set(reliability.partial_files(model_dir)) - leftovers,
+                             what="a save in progress")
+                else:
+                    time.sleep(rng.uniform(0.0, 0.5))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         finally:
             stop(proc)
         if i:
-            assert f"resuming at step {latest}," in read(out), read(out)
+            assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
             assert "taking over the stale lock" in read(out)
-        if any(reliability._PARTIAL.search(n) for n in os.listdir(model_dir)):
-            partial_kills += 1
+        partial_kills += sorted(os.path.basename(p) for p in
+                                set(reliability.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
             step = assert_model_dir_intact(model_dir)
             assert step >= latest
             latest = step
-    print(f"kill -9 points: {points}, {partial_kills} of them inside a save; latest step {latest}")
+    print(f"kill -9 points: {points}; partial files they left: {partial_kills}; latest step {latest}")
 
-    final = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--model-dir", model_dir,
-         "--max-steps", str(latest + 2), *TINY], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=240)
+    final = run_train("--model-dir", model_dir, "--max-steps", str(latest + 2), *TINY)
     assert final.returncode == 0, final.stderr[-2000:]
     assert f"resuming at step {latest}," in final.stdout
     assert assert_model_dir_intact(model_dir) == latest + 2
-    assert not [n for n in os.listdir(model_dir) if reliability._PARTIAL.search(n)]
+    assert not reliability.partial_files(model_dir)
 
 
 def test_stale_lock_is_taken_over_and_a_held_one_refused(tmp_path, capsys):
@@ -431,4 +429,4 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, 
         assert code == 0, err
         assert f"resuming at step {latest}," in out
         assert assert_model_dir_intact(model_dir) == latest + 3
-        assert not [n for n in os.listdir(model_dir) if reliability._PARTIAL.search(n)]
+        assert not reliability.partial_files(model_dir)
