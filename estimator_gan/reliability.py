@@ -26,6 +26,7 @@ What a caller must know:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -58,6 +59,10 @@ class TrainingDiverged(RuntimeError):
 
 class ModelDirLocked(RuntimeError):
     """Another live training holds the model_dir's lock."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """No checkpoint the model_dir lists can be read."""
 
 
 # ------------------------------------------------------------------------------- signals
@@ -314,6 +319,67 @@ def remove_partial_files(model_dir: str) -> List[str]:
     return removed
 
 
+def _listed_checkpoints(model_dir: str) -> List[str]:
+    """Checkpoint prefixes the state file lists (joined to `model_dir`), newest first."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return []
+    latest = state.model_checkpoint_path
+    return [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+
+
+def _unreadable(path: str) -> Optional[str]:
+    """Why the checkpoint at `path` cannot be read in full (every tensor, checksums), or None."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as err:  # TF reports damage as OpError, IndexError, ValueError...
+        lines = [ln for ln in str(err).splitlines() if ln.strip() and "Graph execution" not in ln]
+        return _strip(lines[0]) if lines else type(err).__name__
+    return None
+
+
+def checkpoint_step(model_dir: str) -> int:
+    """Global step of the newest listed checkpoint whose step can be read (0 if none)."""
+    for path in _listed_checkpoints(model_dir):
+        with contextlib.suppress(Exception):
+            return int(tf.train.load_variable(path, "global_step"))
+    return 0
+
+
+def recover_latest_checkpoint(model_dir: str, stream=None) -> Optional[str]:
+    """If the newest listed checkpoint cannot be read (a storage fault: a kill cannot cause
+    it), rename its files to `*.corrupt` and point the state file at the newest readable one,
+    so training resumes from there. Call only while holding the `RunLock`. Returns a note, or
+    None when nothing was wrong; raises `CorruptCheckpoint` when no listed checkpoint reads."""
+    listed = _listed_checkpoints(model_dir)
+    bad = []
+    for path in listed:
+        problem = _unreadable(path)
+        if problem is None:
+            break
+        bad.append((path, problem))
+    else:
+        if bad:
+            raise CorruptCheckpoint(
+                f"no checkpoint in {model_dir} can be read ({os.path.basename(bad[0][0])}: "
+                f"{bad[0][1]}); use a new --model-dir")
+        return None
+    if not bad:
+        return None
+    for path, _ in bad:
+        for f in tf.io.gfile.glob(path + ".*"):
+            if not f.endswith(".corrupt"):
+                os.replace(f, f + ".corrupt")
+    kept = [p for p in listed if p not in dict(bad)]
+    v1.train.update_checkpoint_state(model_dir, kept[0], all_model_checkpoint_paths=kept[::-1])
+    note = (f"note: checkpoint {os.path.basename(bad[0][0])} is unreadable ({bad[0][1]}); moved "
+            f"aside as *.corrupt, resuming from {os.path.basename(kept[0])}")
+    print(note, file=stream or sys.stderr, flush=True)
+    return note
+
+
 class CheckpointCompatibilityHook(tf.estimator.SessionRunHook):
     """Before the session restores, compares the graph's variables with the latest checkpoint's.
 
@@ -359,13 +425,14 @@ def describe_failure(err: BaseException, model_dir: Optional[str] = None):
         return str(err), EXIT_DIVERGED
     if isinstance(err, v1.train.NanLossDuringTrainingError):
         return "a loss became NaN: training stopped without saving", EXIT_DIVERGED
-    if isinstance(err, ModelDirLocked):
+    if isinstance(err, (ModelDirLocked, CorruptCheckpoint)):
         return str(err), 2
     kept = ""
-    if model_dir and os.path.isdir(model_dir):
-        kept = f"; {_last_good(model_dir)} in {model_dir}" if tf.train.latest_checkpoint(model_dir) else ""
+    if model_dir and os.path.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
+        with contextlib.suppress(Exception):  # a message, not a second failure
+            kept = f"; {_last_good(model_dir)} in {model_dir}"
     if isinstance(err, OSError):
-        where = err.filename or ""
+        where = err.filename or "a file"
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             return f"no space left on the device writing {where}: free space and rerun{kept}", 2
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -374,9 +441,7 @@ def describe_failure(err: BaseException, model_dir: Optional[str] = None):
             return f"{where} exists and is not a directory", 2
         if err.errno == errno.ENOTDIR:
             return f"{where}: a part of the path is a file, not a directory", 2
-        if err.strerror:
-            return f"{where}: {err.strerror}", 2
-        return None
+        return (f"{where}: {err.strerror}", 2) if err.strerror else None
     if isinstance(err, tf.errors.OpError):
         text = _strip(err.message.splitlines()[0] if err.message else "")
         if isinstance(err, tf.errors.ResourceExhaustedError) and "space left" in text:

@@ -227,6 +227,7 @@ class GAN:
         if self.run_config.is_chief:
             check_model_dir(self.config, self.model_dir)
             reliability.remove_partial_files(self.model_dir)
+            reliability.recover_latest_checkpoint(self.model_dir)
             config_lib.save_config(self.config, self.model_dir)
         train = self.config.train
         all_hooks: List = list(hooks) + [reliability.NonFiniteLossHook(self.model_dir),
@@ -243,8 +244,7 @@ class GAN:
         return self.global_step()
 
     def global_step(self) -> int:
-        path = tf.train.latest_checkpoint(self.model_dir)
-        return int(tf.train.load_variable(path, "global_step")) if path else 0
+        return reliability.checkpoint_step(self.model_dir)
 
     def evaluate(self, input_fn: Optional[Callable] = None, steps: Optional[int] = None,
                  name: Optional[str] = None) -> dict:

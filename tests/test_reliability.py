@@ -430,3 +430,19 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, 
         assert f"resuming at step {latest}," in out
         assert assert_model_dir_intact(model_dir) == latest + 3
         assert not reliability.partial_files(model_dir)
+
+
+def test_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_from_the_previous(
+        trained_dir, tmp_path, capsys):
+    model_dir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", trained_dir[0], str(model_dir)], check=True)
+    with open(model_dir / "model.ckpt-2.data-00000-of-00001", "r+b") as f:
+        f.truncate(100)  # a storage fault; kills cannot do this
+    args = ["--set", "data.source=digits", "--set", "data.image_size=8", "--set", "data.channels=1"]
+    code, out, err = cli_train(capsys, model_dir, *args, "--max-steps", "3")
+    assert code == 0, err
+    assert ("note: checkpoint model.ckpt-2 is unreadable (Read less bytes than requested); moved "
+            "aside as *.corrupt, resuming from model.ckpt-0") in err
+    assert "from scratch, to step 3" in out  # the step-0 checkpoint
+    assert assert_model_dir_intact(str(model_dir)) == 3
+    assert os.path.exists(model_dir / "model.ckpt-2.index.corrupt")
