@@ -95,6 +95,7 @@ def assert_one_line_error(code, err, *fragments, exit_code=2):
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in err, err
+    print(err.strip())  # the observed message, shown by `pytest -rP`
     return err.strip()
 
 
