@@ -1,7 +1,8 @@
 """Command line: `estimator-gan train ...` (and `python run_train.py ...`, the same as `train`).
 
-Errors a user can fix (bad config, bad data, bad paths) print one line, `error: ...`, and exit 2;
-`--debug` shows the traceback instead.
+Errors a user can fix (bad config, bad data, bad paths, a full disk, a locked model dir) print
+one line, `error: ...`, and exit 2; a diverged run exits 3; SIGTERM stops cleanly with exit 0,
+SIGINT with 130 (see `reliability`). `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def _train_parser(parser: argparse.ArgumentParser):
 def cmd_train(args) -> int:
     _quiet_tensorflow()
     from estimator_gan import config as config_lib
+    from estimator_gan import reliability
     from estimator_gan import training
 
     overrides = list(args.overrides)
@@ -63,8 +65,13 @@ def cmd_train(args) -> int:
           f"{'resuming at step ' + str(start_step) if start_step else 'from scratch'}, "
           f"to step {max_steps}, model dir {args.model_dir}", flush=True)
     started = time.time()
-    step = gan.train()
+    with reliability.GracefulStop(gan.config.train.stop_grace_secs) as stop:
+        step = gan.train(hooks=[stop.hook()])
     elapsed = time.time() - started
+    if stop.signum:
+        print(f"stopped by {stop.signal_name} at step {step} after {elapsed:.1f}s; checkpoint saved "
+              f"in {args.model_dir}; rerun the same command to resume", flush=True)
+        return stop.exit_code
     print(f"done: step {step} in {elapsed:.1f}s; checkpoint and config in {args.model_dir}"
           + (f"; samples: {gan.sample_listener.last_path}" if gan.sample_listener.last_path else ""))
     if args.export_dir:
@@ -306,11 +313,26 @@ def _run(fn, args) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - turned into one line unless --debug
-        if getattr(args, "debug", False) or not isinstance(err, _user_errors()):
+        if getattr(args, "debug", False):
             raise
+        if not isinstance(err, _user_errors()):
+            return _environment_error(err, args)
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _environment_error(err: Exception, args) -> int:
+    """Disk full, permissions, a diverged model, a locked model_dir: one line and an exit code;
+    anything unrecognised is a bug and keeps its traceback."""
+    from estimator_gan import reliability
+
+    described = reliability.describe_failure(err, getattr(args, "model_dir", None))
+    if described is None:
+        raise err
+    message, code = described
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -183,6 +183,9 @@ class TrainConfig(_Strict):
     save_summary_steps: int = Field(100, ge=1)
     keep_checkpoint_max: int = Field(5, ge=1)
     sample_grid: int = Field(8, ge=1, le=32, description="Sample PNG is a grid of n x n.")
+    stop_grace_secs: float = Field(
+        25.0, gt=0, description="After SIGTERM/SIGINT, exit at once if the clean stop (finish the "
+        "step, save a checkpoint) takes longer than this (preemption notices give ~30 s).")
 
 
 class ExportConfig(_Strict):

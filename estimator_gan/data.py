@@ -509,8 +509,11 @@ def _load_images(cfg: DataConfig, seed) -> _Files:
     root = _require_path(cfg)
     if not os.path.isdir(root):
         raise DataError(f"images: {root} is not a directory")
+    def unreadable(err: OSError):
+        raise DataError(f"images: cannot read folder {err.filename} ({err.strerror})")
+
     files = sorted(
-        os.path.join(d, name) for d, _, names in os.walk(root) for name in names
+        os.path.join(d, name) for d, _, names in os.walk(root, onerror=unreadable) for name in names
         if name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise DataError(f"images: no PNG/JPEG files in {root}")

@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw
 
 
 def to_uint8(samples: np.ndarray) -> np.ndarray:
-    """Samples in [-1, 1] -> uint8 0..255."""
-    return np.clip(np.rint((np.asarray(samples, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    """Samples in [-1, 1] -> uint8 0..255 (NaN, e.g. from a diverging generator, -> 0)."""
+    samples = np.nan_to_num(np.asarray(samples, np.float32), nan=-1.0)
+    return np.clip(np.rint((samples + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def grid_image(samples: np.ndarray, columns: Optional[int] = None, scale: int = 0,

@@ -10,6 +10,7 @@ Estimators predict, evaluate, export or train further from the checkpoints it wr
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -25,6 +26,7 @@ from estimator_gan import evaluation
 from estimator_gan import export
 from estimator_gan import images
 from estimator_gan import model_fns
+from estimator_gan import reliability
 
 v1 = tf.compat.v1
 
@@ -44,6 +46,18 @@ def resolve_config(config: config_lib.Config) -> config_lib.Config:
         config = config.model_copy(deep=True)
         config.model.num_classes = classes
     return config
+
+
+def check_labels(config: config_lib.Config) -> None:
+    """Refuse data whose labels (0..n-1, where known before reading it all) exceed
+    `model.num_classes`: an embedding lookup would fail mid-training or, on some devices,
+    silently read zeros."""
+    classes = config.model.num_classes
+    found = data_lib.num_classes(config.data) if classes is not None else None
+    if found is not None and found > classes:
+        raise data_lib.DataError(
+            f"{config.data.source}: labels go up to {found - 1} but model.num_classes is "
+            f"{classes}; labels must lie in 0..{classes - 1}")
 
 
 def check_model_dir(config: config_lib.Config, model_dir: str) -> None:
@@ -185,6 +199,7 @@ class GAN:
                  run_config: Optional[tf.estimator.RunConfig] = None,
                  generator_fn=None, discriminator_fn=None, loss=None):
         self.config = resolve_config(config)
+        check_labels(self.config)
         if run_config is None:
             if model_dir is None:
                 raise ValueError("GAN needs a model_dir or a run_config with one")
@@ -230,11 +245,19 @@ class GAN:
         """Run the orchestrated loop until global step `max_steps` (default: the config's),
         resuming from the latest checkpoint. Returns the final global step."""
         max_steps = max_steps or self.config.train.max_steps
+        # Only the chief writes config and checkpoints, so only the chief takes the lock.
+        with reliability.RunLock(self.model_dir) if self.run_config.is_chief else contextlib.nullcontext():
+            return self._train(input_fn, max_steps, hooks, progress, stream)
+
+    def _train(self, input_fn, max_steps, hooks, progress, stream) -> int:
         if self.run_config.is_chief:
             check_model_dir(self.config, self.model_dir)
+            reliability.remove_partial_files(self.model_dir)
+            reliability.recover_latest_checkpoint(self.model_dir)
             config_lib.save_config(self.config, self.model_dir)
         train = self.config.train
-        all_hooks: List = list(hooks)
+        all_hooks: List = list(hooks) + [reliability.NonFiniteLossHook(self.model_dir),
+                                         reliability.CheckpointCompatibilityHook(self.model_dir)]
         if progress:
             all_hooks.append(ProgressHook(train.log_every_steps, max_steps,
                                           self.config.data.batch_size * train.d_steps, stream))
@@ -242,7 +265,8 @@ class GAN:
         self.sample_listener = SamplePictureListener(self.model_dir, centres)
         self.eval_listener = evaluation.EvaluationListener(
             self, (stream or sys.stdout) if progress else None)
-        listeners: List = [self.sample_listener, self.eval_listener]
+        listeners: List = [reliability.FiniteCheckpointListener(self.model_dir),
+                           self.sample_listener, self.eval_listener]
         if self.config.export.during_training != "never":
             listeners.append(export.ExportListener(self, stream))
         self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
@@ -250,8 +274,7 @@ class GAN:
         return self.global_step()
 
     def global_step(self) -> int:
-        path = tf.train.latest_checkpoint(self.model_dir)
-        return int(tf.train.load_variable(path, "global_step")) if path else 0
+        return reliability.checkpoint_step(self.model_dir)
 
     def evaluate(self, input_fn: Optional[Callable] = None, steps: Optional[int] = None,
                  name: Optional[str] = None, checkpoint_path: Optional[str] = None) -> dict:

@@ -1,0 +1,449 @@
+"""Preemption, kill -9, divergence, determinism, concurrent runs and the bad-input table.
+
+Signals, kills and the lock run `run_train.py` in real subprocesses; the bad-input rows call
+the CLI's `main` in this process (same code path, same one-line output, no TF start-up each).
+"""
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO_ROOT, tiny_config
+from estimator_gan import cli, model_fns, reliability, training
+from test_cli import TINY, run_train
+
+SLOW_SAVES = ["--set", "train.save_checkpoints_steps=100000", "--set", "train.log_every_steps=20"]
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def start_train(out_path, *args):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    with open(out_path, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), *args, *TINY],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout=180, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def training_started(out_path):
+    return lambda: any(line.startswith("step ") for line in read(out_path).splitlines())
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+
+
+def ckpt_step(path):
+    return int(tf.train.load_variable(path, "global_step"))
+
+
+def assert_model_dir_intact(model_dir):
+    """Every checkpoint the state file lists loads in full with consistent counters; config
+    and sample PNGs parse. Returns the latest step."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    assert state is not None, os.listdir(model_dir)
+    for path in state.all_model_checkpoint_paths:
+        reader = tf.train.load_checkpoint(path)
+        values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+        assert values["global_step"] == values["generator_step"] == values["discriminator_step"]
+        assert all(np.isfinite(v).all() for v in values.values() if v.dtype.kind == "f")
+    training.config_lib.load_config(os.path.join(model_dir, "config.yaml"))
+    samples = os.path.join(model_dir, "samples")
+    for name in os.listdir(samples) if os.path.isdir(samples) else []:
+        if name.endswith(".png") and not name.startswith("."):
+            Image.open(os.path.join(samples, name)).load()
+    return ckpt_step(state.model_checkpoint_path)
+
+
+def cli_train(capsys, model_dir, *args):
+    code = cli.main(["train", "--model-dir", str(model_dir), *TINY, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments, exit_code=2):
+    assert code == exit_code, err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    print(err.strip())  # the observed message, shown by `pytest -rP`
+    return err.strip()
+
+
+@contextlib.contextmanager
+def tmpfs(path, options):
+    """A tmpfs mounted at `path` (needs root); skips the test where mounting is not allowed."""
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'})")
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# ---------------------------------------------------------------------- signals and lock
+
+
+def test_sigterm_saves_exits_0_and_resumes_and_a_second_training_is_refused(tmp_path):
+    model_dir = str(tmp_path / "run")
+    out = str(tmp_path / "a.out")
+    first = start_train(out, "--model-dir", model_dir, "--max-steps", "1000000", *SLOW_SAVES)
+    try:
+        wait_for(training_started(out), what="the first progress line")
+        second = run_train("--model-dir", model_dir, *TINY)
+        assert_one_line_error(second.returncode, second.stderr, f"{model_dir} is in use by another "
+                              f"training (pid {first.pid} on {socket.gethostname()} since ")
+        assert first.poll() is None
+
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0, read(out)
+    finally:
+        stop(first)
+    log = read(out)
+    assert "SIGTERM received: stopping after this step and saving a checkpoint" in log
+    stopped = [line for line in log.splitlines() if line.startswith("stopped by SIGTERM at step ")]
+    assert stopped, log
+    step = int(stopped[0].split()[5])
+    assert assert_model_dir_intact(model_dir) == step > 20
+    events = [e for f in tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents*"))
+              for e in tf.compat.v1.train.summary_iterator(f)]
+    assert any(e.step == step and e.session_log.status == e.session_log.CHECKPOINT for e in events)
+    assert read(os.path.join(model_dir, reliability.LOCK_FILENAME)) == ""
+
+    resumed = run_train("--model-dir", model_dir, "--max-steps", str(step + 3), *TINY)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming at step {step}," in resumed.stdout and "stale lock" not in resumed.stderr
+    assert assert_model_dir_intact(model_dir) == step + 3
+
+
+def test_sigint_saves_and_exits_130(tmp_path):
+    model_dir = str(tmp_path / "run")
+    out = str(tmp_path / "a.out")
+    proc = start_train(out, "--model-dir", model_dir, "--max-steps", "1000000", *SLOW_SAVES)
+    try:
+        wait_for(training_started(out), what="the first progress line")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, read(out)
+    finally:
+        stop(proc)
+    stopped = [line for line in read(out).splitlines() if line.startswith("stopped by SIGINT")]
+    assert stopped and "Traceback" not in read(out), read(out)
+    assert assert_model_dir_intact(model_dir) == int(stopped[0].split()[5])
+
+
+def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
+    """Kills cycle through three moments: start-up (graph building, restore, first save), the
+    instant a save's temporary file appears, and a random moment of the loop (checkpoints every
+    step). After each kill every listed checkpoint loads, the latest step never goes back, and
+    the next run resumes from it, removes the partial files and takes over the stale lock."""
+    points = int(os.environ.get("RELIABILITY_KILL_POINTS", "4"))
+    model_dir = str(tmp_path / "run")
+    rng = random.Random(7)
+    latest, partial_kills = 0, []
+    for i in range(points):
+        out = str(tmp_path / f"run{i}.out")
+        leftovers = set(reliability.partial_files(model_dir))
+        proc = start_train(out, "--model-dir", model_dir, "--max-steps", "1000000",
+                           "--set", "train.save_checkpoints_steps=1")
+        try:
+            moment = ("start-up", "save", "loop")[i % 3]
+            if moment == "start-up":
+                wait_for(lambda: "training dcgan" in read(out), what="start-up")
+                time.sleep(rng.uniform(0.0, 2.0))
+            else:
+                wait_for(training_started(out), what="the first progress line")
+                if moment == "save":
+                    wait_for(lambda: set(reliability.partial_files(model_dir)) - leftovers,
+                             what="a save in progress")
+                else:
+                    time.sleep(rng.uniform(0.0, 0.5))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            stop(proc)
+        if i:
+            assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
+            assert "taking over the stale lock" in read(out)
+        partial_kills += sorted(os.path.basename(p) for p in
+                                set(reliability.partial_files(model_dir)) - leftovers)
+        if tf.train.latest_checkpoint(model_dir):
+            step = assert_model_dir_intact(model_dir)
+            assert step >= latest
+            latest = step
+    print(f"kill -9 points: {points}; partial files they left: {partial_kills}; latest step {latest}")
+
+    final = run_train("--model-dir", model_dir, "--max-steps", str(latest + 2), *TINY)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert f"resuming at step {latest}," in final.stdout
+    assert assert_model_dir_intact(model_dir) == latest + 2
+    assert not reliability.partial_files(model_dir)
+
+
+def test_stale_lock_is_taken_over_and_a_held_one_refused(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / reliability.LOCK_FILENAME
+    path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+    with reliability.RunLock(str(tmp_path)) as lock:
+        assert lock.took_over.startswith(f"pid {dead.pid} on {socket.gethostname()}")
+        assert "no longer running" in lock.took_over
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(reliability.ModelDirLocked, match=f"in use by another training \\(pid {os.getpid()}"):
+            with reliability.RunLock(str(tmp_path)):
+                pass
+    assert path.read_text() == ""
+    assert "taking over the stale lock" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------- divergence, determinism
+
+
+def test_non_finite_loss_stops_without_saving_and_exits_3(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    code, out, err = cli_train(
+        capsys, model_dir, "--max-steps", "50", "--set", "train.save_checkpoints_steps=2",
+        "--set", "train.generator_optimizer.name=sgd", "--set", "train.discriminator_optimizer.name=sgd",
+        "--set", "train.generator_optimizer.learning_rate=1e3",
+        "--set", "train.discriminator_optimizer.learning_rate=1e3")
+    message = assert_one_line_error(code, err, "training stopped without saving",
+                                    exit_code=reliability.EXIT_DIVERGED)
+    words = message.split()
+    assert words[1] in ("generator", "discriminator")
+    bad_step = int(words[words.index("step") + 1].rstrip(":"))
+    latest = assert_model_dir_intact(str(model_dir))  # also: no NaN/inf in any checkpoint
+    assert latest < bad_step and f"the last good checkpoint is step {latest} " in message
+
+
+def _recorded_losses(config, model_dir, steps):
+    class Record(tf.estimator.SessionRunHook):
+        values = []
+
+        def begin(self):
+            self.losses = model_fns.graph_state()["losses"]
+
+        def before_run(self, run_context):
+            return tf.estimator.SessionRunArgs(self.losses)
+
+        def after_run(self, run_context, run_values):
+            self.values.append((run_values.results["discriminator"], run_values.results["generator"]))
+
+    hook = Record()
+    training.GAN(config, model_dir=model_dir).train(max_steps=steps, hooks=[hook], progress=False)
+    return np.array(hook.values)
+
+
+@pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
+def test_same_seed_gives_identical_losses_from_scratch(tmp_path, architecture):
+    shape = ["model.sample_shape=[16,16,1]"] if architecture == "dcgan" else []  # digits
+    config = tiny_config(*shape, "train.seed=11", "train.save_checkpoints_steps=1000",
+                         architecture=architecture)
+    first = _recorded_losses(config, str(tmp_path / "a"), 15)
+    again = _recorded_losses(config, str(tmp_path / "b"), 15)
+    other = _recorded_losses(tiny_config(*shape, "train.seed=12", architecture=architecture),
+                             str(tmp_path / "c"), 15)
+    assert first.shape == (15, 2)
+    np.testing.assert_array_equal(first, again)  # bitwise, on CPU
+    assert not np.array_equal(first, other)
+
+
+# ------------------------------------------------------------------------ bad input table
+
+
+def write_png(path, size, mode="L"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new(mode, size, 128).save(path)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--set", "train.max_stepz=3"], ["train.max_stepz: unknown key"]),
+    (["--set", "data.batch_size=many"], ["data.batch_size: Input should be a valid integer", "'many'"]),
+    (["--set", "train.generator_optimizer.learning_rate=-0.1"],
+     ["train.generator_optimizer.learning_rate: Input should be greater than 0 (got -0.1)"]),
+    (["--set", "data.batch_size=0"], ["data.batch_size: Input should be greater than or equal to 1"]),
+    (["--set", "train.d_steps=0"], ["train.d_steps: Input should be greater than or equal to 1"]),
+    (["--set", "data.source=images", "--set", "data.path=/nonexistent/pics"],
+     ["images: /nonexistent/pics does not exist"]),
+], ids=["unknown-key", "wrong-type", "negative-lr", "zero-batch", "zero-d-steps", "missing-path"])
+def test_config_and_path_errors(tmp_path, capsys, args, fragments):
+    assert_one_line_error(*cli_train(capsys, tmp_path / "m", *args)[::2], *fragments)
+
+
+def test_empty_image_folder(tmp_path, capsys):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "notes.txt").write_text("no images here")
+    assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--set", "data.source=images", "--set",
+                                     f"data.path={tmp_path / 'pics'}")[::2], "images: no PNG/JPEG files in")
+
+
+@contextlib.contextmanager
+def as_unprivileged_user():
+    """Permissions do not bind root: act as `nobody` for the block (or as yourself if not root)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_unreadable_image_folder(capsys):
+    base = tempfile.mkdtemp()
+    try:
+        os.chmod(base, 0o777)
+        pics = os.path.join(base, "pics")
+        write_png(os.path.join(pics, "a.png"), (8, 8))
+        os.chmod(pics, 0)
+        with as_unprivileged_user():
+            result = cli_train(capsys, os.path.join(base, "m"), "--set", "data.source=images",
+                               "--set", f"data.path={pics}")
+        assert_one_line_error(*result[::2], f"images: cannot read folder {pics} (Permission denied)")
+    finally:
+        os.chmod(os.path.join(base, "pics"), 0o755)
+        subprocess.run(["rm", "-rf", base], check=False)
+
+
+def test_corrupt_image_fails_by_default(tmp_path, capsys):
+    write_png(str(tmp_path / "pics" / "good.png"), (8, 8))
+    (tmp_path / "pics" / "bad.png").write_bytes(b"\x89PNG truncated")
+    assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--set", "data.source=images", "--set",
+                                     f"data.path={tmp_path / 'pics'}")[::2],
+                          f"images: cannot decode {tmp_path / 'pics' / 'bad.png'}")
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """One short training on an images folder with mixed sizes and modes and a corrupt file
+    skipped (`data.on_corrupt=skip`): rows below reuse its model_dir."""
+    root = tmp_path_factory.mktemp("mixed")
+    for i, (size, mode) in enumerate([((8, 8), "L"), ((12, 10), "RGB"), ((30, 17), "L"), ((9, 9), "RGBA")]):
+        write_png(str(root / "pics" / f"{i}.png"), size, mode)
+    (root / "pics" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    args = ["--set", "data.source=images", "--set", f"data.path={root / 'pics'}", "--set", "data.image_size=8",
+            "--set", "data.channels=1", "--set", "data.batch_size=2", "--set", "data.on_corrupt=skip",
+            "--max-steps", "2"]
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(["train", "--model-dir", str(root / "run"), *TINY, *args])
+    return str(root / "run"), code, out.getvalue(), err.getvalue()
+
+
+def test_mixed_sizes_are_resized_and_corrupt_files_skipped_with_a_count(trained_dir):
+    model_dir, code, out, err = trained_dir
+    assert code == 0, err
+    assert "training dcgan on images (8x8x1)" in out and "done: step 2" in out
+    assert "images: skipped 1 undecodable files (first: " in err and "broken.jpg" in err
+    assert assert_model_dir_intact(model_dir) == 2
+
+
+def test_labels_out_of_range(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((20, 2), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(20) % 5)
+    assert_one_line_error(*cli_train(
+        capsys, tmp_path / "m", "--set", "data.source=npy", "--set", f"data.path={tmp_path / 'x.npy'}",
+        "--set", f"data.labels_path={tmp_path / 'y.npy'}", "--set", "model.architecture=mlp",
+        "--set", "model.conditional=true", "--set", "model.num_classes=3")[::2],
+        "npy: labels go up to 4 but model.num_classes is 3; labels must lie in 0..2")
+
+
+def test_tfrecord_without_the_image_feature(tmp_path, capsys):
+    path = str(tmp_path / "x.tfrecord")
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"abc"]))}))
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(example.SerializeToString())
+    assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--set", "data.source=tfrecord", "--set",
+                                     f"data.path={path}")[::2], f"tfrecord: {path} has no feature 'image/encoded'")
+
+
+def test_checkpoint_of_a_different_architecture_without_its_config(trained_dir, tmp_path, capsys):
+    model_dir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", trained_dir[0], str(model_dir)], check=True)
+    os.remove(model_dir / "config.yaml")  # so only the checkpoint itself can tell
+    result = cli_train(capsys, model_dir, "--set", "data.image_size=8", "--max-steps", "3",
+                       "--set", "model.z_dim=9")
+    assert_one_line_error(*result[::2], f"{model_dir} holds a checkpoint of a different architecture "
+                          "(generator/project/kernel: [8, ", "in the checkpoint, [9, ")
+
+
+def test_model_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "m").write_text("")
+    assert_one_line_error(*cli_train(capsys, tmp_path / "m")[::2], f"{tmp_path / 'm'} exists and is not a directory")
+
+
+def test_model_dir_that_is_not_writable(tmp_path, capsys):
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        result = cli_train(capsys, tmp_path / "ro" / "m")
+        assert_one_line_error(*result[::2], "cannot write", "Permission denied")
+        return
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        result = cli_train(capsys, os.path.join(ro, "m"))
+    assert_one_line_error(*result[::2], f"cannot write {ro}/m: Read-only file system")
+
+
+def test_disk_full_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, capsys):
+    with tmpfs(tmp_path / "disk", "size=3m") as disk:
+        model_dir = os.path.join(disk, "m")
+        result = cli_train(capsys, model_dir, "--max-steps", "60")
+        assert_one_line_error(*result[::2], "no space left on the device", "free space and rerun")
+        latest = assert_model_dir_intact(model_dir)
+        assert 0 < latest < 60
+
+        subprocess.run(["mount", "-o", "remount,size=20m", disk], check=True)
+        code, out, err = cli_train(capsys, model_dir, "--max-steps", str(latest + 3))
+        assert code == 0, err
+        assert f"resuming at step {latest}," in out
+        assert assert_model_dir_intact(model_dir) == latest + 3
+        assert not reliability.partial_files(model_dir)
+
+
+def test_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_from_the_previous(
+        trained_dir, tmp_path, capsys):
+    model_dir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", trained_dir[0], str(model_dir)], check=True)
+    with open(model_dir / "model.ckpt-2.data-00000-of-00001", "r+b") as f:
+        f.truncate(100)  # a storage fault; kills cannot do this
+    args = ["--set", "data.source=digits", "--set", "data.image_size=8", "--set", "data.channels=1"]
+    code, out, err = cli_train(capsys, model_dir, *args, "--max-steps", "3")
+    assert code == 0, err
+    assert ("note: checkpoint model.ckpt-2 is unreadable (Read less bytes than requested); moved "
+            "aside as *.corrupt, resuming from model.ckpt-0") in err
+    assert "from scratch, to step 3" in out  # the step-0 checkpoint
+    assert assert_model_dir_intact(str(model_dir)) == 3
+    assert os.path.exists(model_dir / "model.ckpt-2.index.corrupt")
