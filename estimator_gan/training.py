@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from estimator_gan import config as config_lib
 from estimator_gan import data as data_lib
+from estimator_gan import distributed
 from estimator_gan import images
 from estimator_gan import model_fns
 
@@ -49,9 +50,15 @@ def check_model_dir(config: config_lib.Config, model_dir: str) -> None:
 
 
 def make_run_config(config: config_lib.Config, model_dir: str, **overrides) -> tf.estimator.RunConfig:
-    """A RunConfig from the config's train section. TF_CONFIG, when set, is read by RunConfig."""
+    """A RunConfig from the config's train and distribute sections. TF_CONFIG, when set, is
+    checked first (a one-line `TFConfigError` before any server starts), then read by RunConfig."""
     train = config.train
+    distributed.check_cluster(distributed.read_tf_config(), config.distribute)
+    train_distribute, session_config = distributed.make_strategy(config.distribute)
     kwargs = dict(
+        train_distribute=train_distribute,
+        session_config=session_config,
+        experimental_max_worker_delay_secs=config.distribute.max_worker_delay_secs,
         model_dir=model_dir,
         tf_random_seed=train.seed,
         save_checkpoints_steps=train.save_checkpoints_steps,
@@ -75,6 +82,30 @@ def stacked_input_fn(input_fn: Callable, d_steps: int) -> Callable:
 
     def fn(input_context=None):
         return _call_input_fn(input_fn, input_context).batch(d_steps, drop_remainder=True)
+
+    return fn
+
+
+def _lazy_input_fn(make: Callable[[], Callable]) -> Callable:
+    """An input_fn that builds the real one (loading the data) on first use only: processes of a
+    cluster that never read this input (ps, evaluator, chief for eval data) skip the loading."""
+    built: List[Callable] = []
+
+    def fn(input_context=None):
+        if not built:
+            built.append(make())
+        return _call_input_fn(built[0], input_context)
+
+    return fn
+
+
+def _sharded_input_fn(input_fn: Callable, input_context) -> Callable:
+    """`input_fn` with a fixed input context (this worker's shard) when Estimator gives none."""
+
+    shard = input_context
+
+    def fn(input_context=None):
+        return _call_input_fn(input_fn, input_context or shard)
 
     return fn
 
@@ -175,6 +206,7 @@ class GAN:
             if value is not None:
                 self.params[key] = value
         self._estimators = {}
+        self.last_export: Optional[str] = None
 
     def _estimator(self, name, model_fn) -> tf.estimator.Estimator:
         if name not in self._estimators:
@@ -204,7 +236,9 @@ class GAN:
         """Run the orchestrated loop until global step `max_steps` (default: the config's),
         resuming from the latest checkpoint. Returns the final global step."""
         max_steps = max_steps or self.config.train.max_steps
-        if self.run_config.is_chief:
+        cluster = distributed.read_tf_config()
+        distributed.check_cluster(cluster, self.config.distribute)
+        if cluster.is_chief if cluster is not None else self.run_config.is_chief:
             check_model_dir(self.config, self.model_dir)
             config_lib.save_config(self.config, self.model_dir)
         train = self.config.train
@@ -214,10 +248,32 @@ class GAN:
                                           self.config.data.batch_size * train.d_steps, stream))
         centres = self.config.data.mixture.centres() if self.config.data.source == "mixture2d" else None
         self.sample_listener = SamplePictureListener(self.model_dir, centres)
-        self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
-                             max_steps=max_steps, hooks=all_hooks,
-                             saving_listeners=[self.sample_listener])
+        if cluster is None:
+            self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
+                                 max_steps=max_steps, hooks=all_hooks,
+                                 saving_listeners=[self.sample_listener])
+            return self.global_step()
+        self._train_and_evaluate(cluster, input_fn, max_steps, all_hooks)
         return self.global_step()
+
+    def _train_and_evaluate(self, cluster: distributed.Cluster, input_fn, max_steps, hooks) -> None:
+        """This process's part of a distributed job (chief, worker, ps or evaluator), through
+        `tf.estimator.train_and_evaluate`. The chief exports the generator at the end."""
+        dcfg = self.config.distribute
+        train_input = input_fn or (self.input_fn() if cluster.worker_index is not None
+                                   else _lazy_input_fn(self.input_fn))
+        context = distributed.worker_input_context(cluster, dcfg)
+        if context is not None:
+            train_input = _sharded_input_fn(train_input, context)
+        train_spec = tf.estimator.TrainSpec(
+            stacked_input_fn(train_input, self.config.train.d_steps), max_steps=max_steps,
+            hooks=hooks, saving_listeners=[self.sample_listener])
+        eval_spec = tf.estimator.EvalSpec(
+            _lazy_input_fn(lambda: self.input_fn(training=False)), steps=dcfg.evaluator_steps,
+            start_delay_secs=0, throttle_secs=dcfg.evaluator_throttle_secs)
+        tf.estimator.train_and_evaluate(self.estimator, train_spec, eval_spec)
+        if cluster.is_chief and dcfg.export_at_end:
+            self.last_export = distributed.export_generator(self, os.path.join(self.model_dir, "export"))
 
     def global_step(self) -> int:
         path = tf.train.latest_checkpoint(self.model_dir)
