@@ -186,8 +186,10 @@ def _cpu_only() -> bool:
     return not tf.config.list_physical_devices("GPU")
 
 
-def make_strategy(cfg: DistributeConfig):
-    """`(train_distribute, session_config)` for `RunConfig`; `(None, None)` without a strategy.
+def make_strategy(cfg: DistributeConfig, cluster: Optional[Cluster] = None):
+    """`(train_distribute, session_config)` for `RunConfig`; `(None, None)` without a strategy
+    and for the processes that do not train (ps, evaluator: the strategy's constructor would
+    look for them among the workers).
 
     `mirrored` on a machine without GPUs places its `num_devices` replicas on that many CPU
     devices, made for the Estimator's session (`device_count`), so nothing process-global
@@ -216,7 +218,7 @@ def make_strategy(cfg: DistributeConfig):
             "nccl": tf.distribute.NcclAllReduce,
         }[cfg.cross_device_ops]()
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops), session_config
-    if cfg.strategy == "multi_worker_mirrored":
+    if cfg.strategy == "multi_worker_mirrored" and cluster is not None and cluster.worker_index is not None:
         implementation = tf.distribute.experimental.CommunicationImplementation
         communication = {"auto": implementation.AUTO, "ring": implementation.RING,
                          "nccl": implementation.NCCL}[cfg.communication]

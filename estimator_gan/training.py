@@ -53,8 +53,9 @@ def make_run_config(config: config_lib.Config, model_dir: str, **overrides) -> t
     """A RunConfig from the config's train and distribute sections. TF_CONFIG, when set, is
     checked first (a one-line `TFConfigError` before any server starts), then read by RunConfig."""
     train = config.train
-    distributed.check_cluster(distributed.read_tf_config(), config.distribute)
-    train_distribute, session_config = distributed.make_strategy(config.distribute)
+    cluster = distributed.read_tf_config()
+    distributed.check_cluster(cluster, config.distribute)
+    train_distribute, session_config = distributed.make_strategy(config.distribute, cluster)
     kwargs = dict(
         train_distribute=train_distribute,
         session_config=session_config,
@@ -177,6 +178,25 @@ class SamplePictureListener(tf.estimator.CheckpointSaverListener):
         self.last_path = images.save_png(images.samples_picture(samples, self._centres), path)
 
 
+class EvaluationPrinter(tf.estimator.Exporter):
+    """Prints one line per evaluation the evaluator task makes (it exports nothing: the chief
+    exports). An Exporter because that is the hook `train_and_evaluate` calls with each result."""
+
+    def __init__(self, stream=None):
+        self._stream = stream
+
+    @property
+    def name(self) -> str:
+        return "evaluation_printer"
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        values = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(eval_result.items())
+                           if k != "global_step" and np.ndim(v) == 0)
+        print(f"evaluation at step {eval_result.get('global_step')}: {values}",
+              file=self._stream or sys.stdout, flush=True)
+        return None
+
+
 class GAN:
     """A GAN on tf.estimator: a generator Estimator, a discriminator Estimator, and the
     orchestrated loop that trains both in one session, all on one model_dir.
@@ -270,7 +290,8 @@ class GAN:
             hooks=hooks, saving_listeners=[self.sample_listener])
         eval_spec = tf.estimator.EvalSpec(
             _lazy_input_fn(lambda: self.input_fn(training=False)), steps=dcfg.evaluator_steps,
-            start_delay_secs=0, throttle_secs=dcfg.evaluator_throttle_secs)
+            exporters=[EvaluationPrinter()], start_delay_secs=0,
+            throttle_secs=dcfg.evaluator_throttle_secs)
         tf.estimator.train_and_evaluate(self.estimator, train_spec, eval_spec)
         if cluster.is_chief and dcfg.export_at_end:
             self.last_export = distributed.export_generator(self, os.path.join(self.model_dir, "export"))
