@@ -193,7 +193,7 @@ def make_strategy(cfg: DistributeConfig, cluster: Optional[Cluster] = None):
 
     `mirrored` on a machine without GPUs places its `num_devices` replicas on that many CPU
     devices, made for the Estimator's session (`device_count`), so nothing process-global
-    changes. Its gradients are summed with `ReductionToOneDevice` by default: the all-reduce
+    changes and it works whatever the process ran before. Its gradients are summed with `ReductionToOneDevice` by default: the all-reduce
     TensorFlow picks by default hangs on the first step with several CPU devices.
     """
     import tensorflow as tf
@@ -217,7 +217,11 @@ def make_strategy(cfg: DistributeConfig, cluster: Optional[Cluster] = None):
             "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce,
             "nccl": tf.distribute.NcclAllReduce,
         }[cfg.cross_device_ops]()
-        return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops), session_config
+        # Built outside eager mode: in an eager context that already exists with one CPU
+        # device, the constructor would place a tensor on the devices the session adds later.
+        with tf.Graph().as_default():
+            strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
+        return strategy, session_config
     if cfg.strategy == "multi_worker_mirrored" and cluster is not None and cluster.worker_index is not None:
         implementation = tf.distribute.experimental.CommunicationImplementation
         communication = {"auto": implementation.AUTO, "ring": implementation.RING,

@@ -254,7 +254,11 @@ class GAN:
     def train(self, input_fn: Optional[Callable] = None, max_steps: Optional[int] = None,
               hooks: Iterable = (), progress: bool = True, stream=None) -> int:
         """Run the orchestrated loop until global step `max_steps` (default: the config's),
-        resuming from the latest checkpoint. Returns the final global step."""
+        resuming from the latest checkpoint. Returns the final global step.
+
+        With a cluster in `TF_CONFIG` this process plays its part of the job through
+        `tf.estimator.train_and_evaluate` (a ps process does not return: stop it by pid once the
+        chief is done); the chief then exports the generator (`last_export`)."""
         max_steps = max_steps or self.config.train.max_steps
         cluster = distributed.read_tf_config()
         distributed.check_cluster(cluster, self.config.distribute)
