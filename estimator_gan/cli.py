@@ -53,6 +53,7 @@ def cmd_train(args) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     config = config_lib.load_config(args.config, overrides)
     gan = training.GAN(config, model_dir=args.model_dir)
+    _print_cluster_role(gan.config)
     start_step = gan.global_step()
     max_steps = gan.config.train.max_steps
     shape = "x".join(str(d) for d in gan.config.model.sample_shape)
@@ -74,6 +75,8 @@ def cmd_train(args) -> int:
         return stop.exit_code
     print(f"done: step {step} in {elapsed:.1f}s; checkpoint and config in {args.model_dir}"
           + (f"; samples: {gan.sample_listener.last_path}" if gan.sample_listener.last_path else ""))
+    if gan.last_export:
+        print(f"exported the generator to {gan.last_export}")
     if args.export_dir:
         _export_and_report(gan, args.export_dir)
     return 0
@@ -289,12 +292,61 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _print_cluster_role(config) -> None:
+    from estimator_gan import distributed
+
+    cluster = distributed.read_tf_config()
+    if cluster is not None or config.distribute.strategy != "none":
+        print(f"distributed: {cluster.describe() if cluster else 'one process'}, "
+              f"strategy {config.distribute.strategy}", flush=True)
+
+
+def _local_cluster_parser(parser: argparse.ArgumentParser):
+    parser.add_argument("--workers", type=int, default=1, help="workers besides the chief (default 1)")
+    parser.add_argument("--ps", type=int, default=1,
+                        help="parameter servers (default 1; 0 for multi_worker_mirrored)")
+    parser.add_argument("--evaluator", action="store_true", help="also run an evaluator process")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="stop every process after this many seconds (default 3600)")
+    parser.add_argument("--log-dir", help="per-process logs (default: <model-dir>/cluster-logs)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("train_args", nargs=argparse.REMAINDER, metavar="-- TRAIN_ARGS",
+                        help="arguments of `train` for every process, after `--`")
+    return parser
+
+
+def cmd_local_cluster(args) -> int:
+    """Run one training job as a chief, workers, ps (and evaluator) on 127.0.0.1."""
+    from estimator_gan import config as config_lib
+    from estimator_gan import distributed
+
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    train_args_parsed = _train_parser(argparse.ArgumentParser(prog="train")).parse_args(train_args)
+    overrides = list(train_args_parsed.overrides)
+    config = config_lib.load_config(train_args_parsed.config, overrides)
+    if args.workers < 0 or args.ps < 0:
+        raise config_lib.ConfigError("--workers and --ps must be >= 0")
+    jobs = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"] * args.workers,
+            "ps": ["127.0.0.1:3"] * args.ps}
+    distributed.check_cluster(distributed.Cluster({k: v for k, v in jobs.items() if v}, "chief", 0),
+                              config.distribute)
+    log_dir = args.log_dir or os.path.join(train_args_parsed.model_dir, "cluster-logs")
+    command = [sys.executable, "-m", "estimator_gan.cli", "train"] + train_args
+    status, _ = distributed.run_local_cluster(
+        command, workers=args.workers, ps=args.ps, evaluator=args.evaluator, log_dir=log_dir,
+        timeout=args.timeout)
+    print(f"[cluster] {'done' if status == 0 else 'failed'}; logs in {log_dir}", flush=True)
+    return status
+
+
 COMMANDS = {
     "train": (_train_parser, cmd_train, "train a GAN (resumes from the model dir's latest checkpoint)"),
     "export": (_export_parser, cmd_export, "export a trained model for TensorFlow Serving (and TFLite)"),
     "generate": (_generate_parser, cmd_generate, "write samples from an export or a model dir (PNG grid, PNGs, .npy)"),
     "evaluate": (_evaluate_parser, cmd_evaluate,
                  "sample-quality metrics of a checkpoint or export, next to a real-vs-real reference"),
+    "local-cluster": (_local_cluster_parser, cmd_local_cluster,
+                      "run a distributed training job as local processes on 127.0.0.1 (for trying it out)"),
 }
 
 
@@ -350,3 +402,7 @@ def train_main(argv: Optional[List[str]] = None) -> int:
         prog="run_train.py", description=COMMANDS["train"][2]))
     args = parser.parse_args(argv)
     return _run(cmd_train, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

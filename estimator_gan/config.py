@@ -231,6 +231,44 @@ class EvalConfig(_Strict):
     seed: int = 0
 
 
+class DistributeConfig(_Strict):
+    """How training spreads over devices and processes (see `estimator_gan.distributed`).
+
+    Processes and their roles come from the `TF_CONFIG` environment variable, never from here:
+    the same config file serves every process of a job.
+
+    * `none` — one device; with a `ps` job in `TF_CONFIG`, asynchronous parameter-server
+      training (each chief/worker step uses `data.batch_size` examples of its own shard).
+    * `parameter_server` — the same, but refuses to start without a `ps` job.
+    * `mirrored` — synchronous, one machine, `num_devices` replicas (GPUs, or that many CPU
+      devices for trying it out); `data.batch_size` is the global batch, split across replicas.
+    * `multi_worker_mirrored` — synchronous across the chief and workers of `TF_CONFIG` (no
+      `ps`); `data.batch_size` is the global batch over all replicas of all workers.
+    """
+
+    strategy: Literal["none", "parameter_server", "mirrored", "multi_worker_mirrored"] = "none"
+    num_devices: Optional[int] = Field(
+        None, ge=1, description="mirrored: replicas (default: all GPUs, else 1 CPU); "
+                                "CPU-only machines get that many CPU devices.")
+    cross_device_ops: Literal["reduction_to_one_device", "hierarchical_copy", "nccl"] = Field(
+        "reduction_to_one_device",
+        description="mirrored: how gradients are summed (nccl/hierarchical_copy need GPUs).")
+    communication: Literal["auto", "ring", "nccl"] = Field(
+        "auto", description="multi_worker_mirrored: collective implementation.")
+    max_worker_delay_secs: Optional[int] = Field(
+        None, ge=0, description="Cap on the 5 s x (worker index + 1) start delay of workers.")
+    evaluator_steps: int = Field(10, ge=1, description="Batches per evaluation (evaluator task).")
+    evaluator_throttle_secs: int = Field(
+        30, ge=0, description="Evaluator: at least this long between evaluations.")
+    export_at_end: bool = Field(True, description="Chief exports the generator after training.")
+
+    @model_validator(mode="after")
+    def _device_options(self):
+        if self.num_devices is not None and self.strategy != "mirrored":
+            raise ValueError(f"num_devices applies to strategy 'mirrored', not {self.strategy!r}")
+        return self
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -238,6 +276,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     eval: EvalConfig = EvalConfig()
+    distribute: DistributeConfig = DistributeConfig()
 
     @model_validator(mode="after")
     def _packing_fits(self):

@@ -286,6 +286,16 @@ def _sample_grid_tensor(params):
     return samples
 
 
+def first_replica() -> bool:
+    """True outside a distribution strategy and in the model_fn call of the strategy's first
+    replica (the hooks fetch that replica's tensors). The replica id is a constant tensor in
+    graph mode: comparing it with `==` would compare object identity and always be False."""
+    if tf.distribute.in_cross_replica_context():
+        return True
+    replica_id = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
+    return replica_id is not None and int(replica_id) == 0
+
+
 def train_spec(features, labels, params, d_steps: int, g_steps: int) -> tf.estimator.EstimatorSpec:
     """TRAIN spec: `d_steps` D updates, then `g_steps` G updates, then global_step += 1.
 
@@ -311,12 +321,12 @@ def train_spec(features, labels, params, d_steps: int, g_steps: int) -> tf.estim
     with tf.control_dependencies(dependency):
         train_op = v1.assign_add(v1.train.get_global_step(), 1).op
 
-    graph_state()["losses"] = {"discriminator": d_loss, "generator": g_loss}
     v1.summary.scalar("loss/discriminator", d_loss)
     v1.summary.scalar("loss/generator", g_loss)
     v1.summary.scalar("steps/generator", step_counter(GENERATOR_STEP))
     v1.summary.scalar("steps/discriminator", step_counter(DISCRIMINATOR_STEP))
-    if tf.distribute.in_cross_replica_context() or tf.distribute.get_replica_context().replica_id_in_sync_group == 0:
+    if first_replica():
+        graph_state()["losses"] = {"discriminator": d_loss, "generator": g_loss}
         graph_state()["samples"] = _sample_grid_tensor(params)
     total = tf.add(d_loss if d_steps else 0.0, g_loss if g_steps else 0.0, name="loss")
     return tf.estimator.EstimatorSpec(ModeKeys.TRAIN, loss=total, train_op=train_op)

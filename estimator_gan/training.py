@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from estimator_gan import config as config_lib
 from estimator_gan import data as data_lib
+from estimator_gan import distributed
 from estimator_gan import evaluation
 from estimator_gan import export
 from estimator_gan import images
@@ -74,9 +75,16 @@ def check_model_dir(config: config_lib.Config, model_dir: str) -> None:
 
 
 def make_run_config(config: config_lib.Config, model_dir: str, **overrides) -> tf.estimator.RunConfig:
-    """A RunConfig from the config's train section. TF_CONFIG, when set, is read by RunConfig."""
+    """A RunConfig from the config's train and distribute sections. TF_CONFIG, when set, is
+    checked first (a one-line `TFConfigError` before any server starts), then read by RunConfig."""
     train = config.train
+    cluster = distributed.read_tf_config()
+    distributed.check_cluster(cluster, config.distribute)
+    train_distribute, session_config = distributed.make_strategy(config.distribute, cluster)
     kwargs = dict(
+        train_distribute=train_distribute,
+        session_config=session_config,
+        experimental_max_worker_delay_secs=config.distribute.max_worker_delay_secs,
         model_dir=model_dir,
         tf_random_seed=train.seed,
         save_checkpoints_steps=train.save_checkpoints_steps,
@@ -100,6 +108,30 @@ def stacked_input_fn(input_fn: Callable, d_steps: int) -> Callable:
 
     def fn(input_context=None):
         return _call_input_fn(input_fn, input_context).batch(d_steps, drop_remainder=True)
+
+    return fn
+
+
+def _lazy_input_fn(make: Callable[[], Callable]) -> Callable:
+    """An input_fn that builds the real one (loading the data) on first use only: processes of a
+    cluster that never read this input (ps, evaluator, chief for eval data) skip the loading."""
+    built: List[Callable] = []
+
+    def fn(input_context=None):
+        if not built:
+            built.append(make())
+        return _call_input_fn(built[0], input_context)
+
+    return fn
+
+
+def _sharded_input_fn(input_fn: Callable, input_context) -> Callable:
+    """`input_fn` with a fixed input context (this worker's shard) when Estimator gives none."""
+
+    shard = input_context
+
+    def fn(input_context=None):
+        return _call_input_fn(input_fn, input_context or shard)
 
     return fn
 
@@ -186,6 +218,25 @@ def class_labels(labels, count: int, num_classes: int) -> np.ndarray:
     return ids.astype(np.int32)
 
 
+class EvaluationPrinter(tf.estimator.Exporter):
+    """Prints one line per evaluation the evaluator task makes (it exports nothing: the chief
+    exports). An Exporter because that is the hook `train_and_evaluate` calls with each result."""
+
+    def __init__(self, stream=None):
+        self._stream = stream
+
+    @property
+    def name(self) -> str:
+        return "evaluation_printer"
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        values = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(eval_result.items())
+                           if k != "global_step" and np.ndim(v) == 0)
+        print(f"evaluation at step {eval_result.get('global_step')}: {values}",
+              file=self._stream or sys.stdout, flush=True)
+        return None
+
+
 class GAN:
     """A GAN on tf.estimator: a generator Estimator, a discriminator Estimator, and the
     orchestrated loop that trains both in one session, all on one model_dir.
@@ -216,6 +267,7 @@ class GAN:
             if value is not None:
                 self.params[key] = value
         self._estimators = {}
+        self.last_export: Optional[str] = None
 
     def _estimator(self, name, model_fn) -> tf.estimator.Estimator:
         if name not in self._estimators:
@@ -243,14 +295,21 @@ class GAN:
     def train(self, input_fn: Optional[Callable] = None, max_steps: Optional[int] = None,
               hooks: Iterable = (), progress: bool = True, stream=None) -> int:
         """Run the orchestrated loop until global step `max_steps` (default: the config's),
-        resuming from the latest checkpoint. Returns the final global step."""
-        max_steps = max_steps or self.config.train.max_steps
-        # Only the chief writes config and checkpoints, so only the chief takes the lock.
-        with reliability.RunLock(self.model_dir) if self.run_config.is_chief else contextlib.nullcontext():
-            return self._train(input_fn, max_steps, hooks, progress, stream)
+        resuming from the latest checkpoint. Returns the final global step.
 
-    def _train(self, input_fn, max_steps, hooks, progress, stream) -> int:
-        if self.run_config.is_chief:
+        With a cluster in `TF_CONFIG` this process plays its part of the job through
+        `tf.estimator.train_and_evaluate` (a ps process does not return: stop it by pid once the
+        chief is done); the chief then exports the generator (`last_export`)."""
+        max_steps = max_steps or self.config.train.max_steps
+        cluster = distributed.read_tf_config()
+        distributed.check_cluster(cluster, self.config.distribute)
+        is_chief = cluster.is_chief if cluster is not None else self.run_config.is_chief
+        # Only the chief writes config and checkpoints, so only the chief takes the lock.
+        with reliability.RunLock(self.model_dir) if is_chief else contextlib.nullcontext():
+            return self._train(cluster, is_chief, input_fn, max_steps, hooks, progress, stream)
+
+    def _train(self, cluster, is_chief, input_fn, max_steps, hooks, progress, stream) -> int:
+        if is_chief:
             check_model_dir(self.config, self.model_dir)
             reliability.remove_partial_files(self.model_dir)
             reliability.recover_latest_checkpoint(self.model_dir)
@@ -269,9 +328,32 @@ class GAN:
                            self.sample_listener, self.eval_listener]
         if self.config.export.during_training != "never":
             listeners.append(export.ExportListener(self, stream))
-        self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
-                             max_steps=max_steps, hooks=all_hooks, saving_listeners=listeners)
+        if cluster is None:
+            self.estimator.train(stacked_input_fn(input_fn or self.input_fn(), train.d_steps),
+                                 max_steps=max_steps, hooks=all_hooks, saving_listeners=listeners)
+        else:
+            self._train_and_evaluate(cluster, input_fn, max_steps, all_hooks, listeners)
         return self.global_step()
+
+    def _train_and_evaluate(self, cluster: distributed.Cluster, input_fn, max_steps, hooks, listeners) -> None:
+        """This process's part of a distributed job (chief, worker, ps or evaluator), through
+        `tf.estimator.train_and_evaluate`. The chief exports the generator at the end."""
+        dcfg = self.config.distribute
+        train_input = input_fn or (self.input_fn() if cluster.worker_index is not None
+                                   else _lazy_input_fn(self.input_fn))
+        context = distributed.worker_input_context(cluster, dcfg)
+        if context is not None:
+            train_input = _sharded_input_fn(train_input, context)
+        train_spec = tf.estimator.TrainSpec(
+            stacked_input_fn(train_input, self.config.train.d_steps), max_steps=max_steps,
+            hooks=hooks, saving_listeners=listeners)
+        eval_spec = tf.estimator.EvalSpec(
+            _lazy_input_fn(lambda: self.input_fn(training=False)), steps=dcfg.evaluator_steps,
+            exporters=[EvaluationPrinter()], start_delay_secs=0,
+            throttle_secs=dcfg.evaluator_throttle_secs)
+        tf.estimator.train_and_evaluate(self.estimator, train_spec, eval_spec)
+        if cluster.is_chief and dcfg.export_at_end:
+            self.last_export = distributed.export_generator(self, os.path.join(self.model_dir, "export"))
 
     def global_step(self) -> int:
         return reliability.checkpoint_step(self.model_dir)

@@ -1,0 +1,198 @@
+"""Distributed training with real processes on 127.0.0.1: parameter servers through the
+`local-cluster` launcher, MirroredStrategy on two CPU devices in process, TF_CONFIG mistakes."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, tiny_config, tiny_images, array_input_fn
+from estimator_gan import distributed
+from estimator_gan import training
+from estimator_gan.config import ConfigError, DistributeConfig
+
+CLUSTER_TIMEOUT = 420  # seconds for the whole job; the launcher stops every process after it
+
+TINY_MLP = [
+    "model.architecture=mlp", "data.source=mixture2d", "data.mixture.num_examples=2000",
+    "model.z_dim=8", "model.generator.hidden_units=[16]", "model.discriminator.hidden_units=[16]",
+    "data.batch_size=16", "train.max_steps=60", "train.save_checkpoints_steps=30",
+    "train.log_every_steps=30", "distribute.max_worker_delay_secs=1",
+    "distribute.evaluator_throttle_secs=1", "distribute.evaluator_steps=2",
+]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _run(args, timeout, env=None):
+    """Run a command in its own process group; kill the whole group if it outlives `timeout`."""
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env or _env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _tf_config(cluster, task_type="chief", index=0):
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
+
+
+def test_parameter_server_cluster_trains_evaluates_and_exports(tmp_path):
+    model_dir = str(tmp_path / "run")
+    args = [sys.executable, "-m", "estimator_gan.cli", "local-cluster", "--workers", "1", "--ps", "1",
+            "--evaluator", "--timeout", str(CLUSTER_TIMEOUT), "--", "--model-dir", model_dir]
+    for item in TINY_MLP:
+        args += ["--set", item]
+    code, out, err = _run(args, timeout=CLUSTER_TIMEOUT + 60)
+    assert code == 0, out[-3000:] + err[-3000:]
+    for task in ("chief:0", "worker:0", "evaluator:0"):
+        assert f"[cluster] {task} exited with status 0" in out
+    assert "[cluster] ps:0 stopped" in out
+
+    reader = tf.train.load_checkpoint(model_dir)
+    step = int(reader.get_tensor("global_step"))
+    assert step >= 60
+    # Asynchronous updates: the chief's last save may catch the other worker mid-step.
+    for role, counter in (("G", "generator_step"), ("D", "discriminator_step")):
+        count = int(reader.get_tensor(counter))
+        assert abs(count - step) <= 2, (counter, count, step)
+        beta2 = float(reader.get_tensor(f"{role}_train/beta2_power"))
+        assert 0.999 ** (count + 3) <= beta2 + 1e-6 and beta2 <= 0.999 ** (count - 1) + 1e-6
+    first = tf.train.load_checkpoint(os.path.join(model_dir, "model.ckpt-0"))
+    for name in ("generator/hidden0/kernel", "discriminator/hidden0/kernel"):
+        assert not np.allclose(first.get_tensor(name), reader.get_tensor(name)), name
+
+    logs = os.path.join(model_dir, "cluster-logs")
+    with open(os.path.join(logs, "evaluator-0.log")) as f:
+        assert "evaluation at step" in f.read()
+    with open(os.path.join(logs, "worker-0.log")) as f:
+        assert "done: step" in f.read()
+    assert glob.glob(os.path.join(model_dir, "samples", "step_*.png"))
+    exports = glob.glob(os.path.join(model_dir, "export", "generator", "*", "saved_model.pb"))
+    assert len(exports) == 1
+    served = tf.saved_model.load(os.path.dirname(exports[0])).signatures["serving_default"]
+    samples = served(noise=tf.random.normal([5, 8]))["samples"].numpy()
+    assert samples.shape == (5, 2) and np.all(np.isfinite(samples))
+
+
+def test_mirrored_on_two_cpu_devices_restores_into_single_device_estimators(tmp_path):
+    model_dir = str(tmp_path / "mirrored")
+    cfg = tiny_config("distribute.strategy=mirrored", "distribute.num_devices=2")
+    gan = training.GAN(cfg, model_dir=model_dir)
+    assert gan.run_config.train_distribute.num_replicas_in_sync == 2
+    assert gan.train(array_input_fn(tiny_images()), max_steps=4, progress=False) == 4
+
+    reader = tf.train.load_checkpoint(model_dir)
+    assert int(reader.get_tensor("generator_step")) == 4
+    assert int(reader.get_tensor("discriminator_step")) == 4
+    assert np.isclose(reader.get_tensor("G_train/beta1_power"), 0.5 ** 5)
+    assert np.isclose(reader.get_tensor("D_train/beta1_power"), 0.5 ** 5)
+    assert not np.allclose(reader.get_tensor("generator/project_bn/moving_mean"), 0.0)
+    assert glob.glob(os.path.join(model_dir, "samples", "step_*.png"))
+
+    single = training.GAN(tiny_config(), model_dir=model_dir)
+    assert single.run_config.train_distribute is None
+    samples = single.generate(3)
+    assert samples.shape == (3, 8, 8, 1) and np.all(np.isfinite(samples))
+    single.discriminator_estimator.train(array_input_fn(tiny_images()), max_steps=5)
+    reader = tf.train.load_checkpoint(model_dir)
+    assert int(reader.get_tensor("discriminator_step")) == 5
+    assert int(reader.get_tensor("generator_step")) == 4
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ({"cluster": {"chief": ["127.0.0.1:1", "127.0.0.1:2"], "ps": ["127.0.0.1:3"]},
+      "task": {"type": "chief", "index": 0}}, "exactly one chief, it lists 2"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"], "evaluator": ["127.0.0.1:3"]},
+      "task": {"type": "evaluator", "index": 0}}, "evaluator must not be listed in 'cluster'"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}}, "no 'task'"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "ps": ["localhost"]},
+      "task": {"type": "chief", "index": 0}}, "cluster.ps[0] 'localhost' is not host:port"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "ps": ["127.0.0.1:70000"]},
+      "task": {"type": "chief", "index": 0}}, "port must be a number from 1 to 65535"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "ps": ["127.0.0.1:1"]},
+      "task": {"type": "chief", "index": 0}}, "used by both chief:0 and ps:0"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"], "ps": ["127.0.0.1:3"]},
+      "task": {"type": "worker", "index": 1}}, "task worker:1 is not in the cluster"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "gpu": ["127.0.0.1:2"]},
+      "task": {"type": "chief", "index": 0}}, "unknown job 'gpu'"),
+    ({"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]},
+      "task": {"type": "chief", "index": 0}}, "lists workers but no ps job"),
+])
+def test_tf_config_mistakes_are_one_line_errors(tf_config, message):
+    with pytest.raises(ConfigError) as err:
+        cluster = distributed.read_tf_config({"TF_CONFIG": json.dumps(tf_config)})
+        distributed.check_cluster(cluster, DistributeConfig())
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_strategy_and_cluster_must_agree():
+    ps_cluster = distributed.read_tf_config(_tf_config(
+        {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"], "ps": ["127.0.0.1:3"]}, "worker", 0))
+    for strategy, cluster, message in [
+        ("mirrored", ps_cluster, "mirrored runs in one process"),
+        ("multi_worker_mirrored", ps_cluster, "uses no ps job"),
+        ("multi_worker_mirrored", None, "needs a TF_CONFIG"),
+        ("parameter_server", None, "needs a TF_CONFIG whose cluster has a ps job"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            distributed.check_cluster(cluster, DistributeConfig(strategy=strategy))
+    distributed.check_cluster(ps_cluster, DistributeConfig(strategy="parameter_server"))
+    with pytest.raises(ConfigError, match="num_devices applies to strategy 'mirrored'"):
+        tiny_config("distribute.num_devices=2")
+
+
+def test_parameter_server_workers_read_their_own_shard():
+    jobs = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"], "ps": ["127.0.0.1:4"]}
+    contexts = {}
+    for task_type, index in (("chief", 0), ("worker", 0), ("worker", 1), ("ps", 0)):
+        cluster = distributed.read_tf_config(_tf_config(jobs, task_type, index))
+        contexts[(task_type, index)] = distributed.worker_input_context(cluster, DistributeConfig())
+    assert contexts[("ps", 0)] is None
+    ids = [contexts[k].input_pipeline_id for k in (("chief", 0), ("worker", 0), ("worker", 1))]
+    assert ids == [0, 1, 2]
+    assert all(contexts[k].num_input_pipelines == 3 and contexts[k].num_replicas_in_sync == 1
+               for k in (("chief", 0), ("worker", 0), ("worker", 1)))
+
+    from estimator_gan import data
+    cfg = tiny_config(*TINY_MLP).data
+    seen = []
+    for key in (("chief", 0), ("worker", 0)):
+        ds = data.make_input_fn(cfg, training=False)(input_context=contexts[key])
+        seen.append({tuple(np.round(x, 6)) for batch in ds.take(5) for x in batch[0].numpy()})
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_cli_refuses_bad_tf_config_before_starting_anything(tmp_path):
+    model_dir = tmp_path / "never"
+    env = dict(_env(), TF_CONFIG=json.dumps({"cluster": {"chief": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                              "task": {"type": "chief", "index": 0}}))
+    code, out, err = _run([sys.executable, "run_train.py", "--model-dir", str(model_dir)], 120, env)
+    assert code == 2
+    assert err.strip().splitlines() == ["error: TF_CONFIG: the cluster needs exactly one chief, it lists 2"]
+    assert not model_dir.exists()
+
+
+def test_local_tf_configs_use_distinct_free_ports():
+    configs = distributed.local_tf_configs(workers=2, ps=1, evaluator=True)
+    assert [(t, i) for t, i, _ in configs] == [("chief", 0), ("worker", 0), ("worker", 1), ("ps", 0), ("evaluator", 0)]
+    cluster = configs[0][2]["cluster"]
+    addresses = [a for job in cluster.values() for a in job]
+    assert len(set(addresses)) == 4 and all(a.startswith("127.0.0.1:") for a in addresses)
+    assert "evaluator" not in cluster
+    for _, _, tf_config in configs:
+        assert distributed.read_tf_config({"TF_CONFIG": json.dumps(tf_config)}) is not None
