@@ -75,9 +75,10 @@ COMMANDS = {
 
 def _user_errors():
     from estimator_gan.config import ConfigError
+    from estimator_gan.custom import NetworkError
     from estimator_gan.data import DataError
 
-    return (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError)
+    return (ConfigError, DataError, NetworkError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def _run(fn, args) -> int:
