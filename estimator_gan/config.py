@@ -177,6 +177,10 @@ class TrainConfig(_Strict):
 
 
 class Config(_Strict):
+    """A whole run: the `data`, `model`, `loss` and `train` sections, validated (unknown keys
+    and out-of-range values are refused). Usually made by `load_config`; every key is listed in
+    docs/configuration.md."""
+
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

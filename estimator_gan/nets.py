@@ -150,6 +150,7 @@ def mlp_generator(noise, labels, mode, params):
 
 
 def mlp_discriminator(samples, labels, mode, params):
+    """MLP discriminator: (dense, leaky ReLU)* -> dense logit; any sample shape is flattened."""
     cfg = _config(params)
     x = tf.reshape(samples, [-1, int(math.prod(samples.shape[1:]))])
     for i, units in enumerate(cfg.model.discriminator.hidden_units):

@@ -227,10 +227,14 @@ class GAN:
 
     @property
     def generator_estimator(self) -> tf.estimator.Estimator:
+        """The generator's Estimator: TRAIN one G update per step, EVAL losses and D metrics,
+        PREDICT noise (or `{"noise", "labels"}`) -> `{"samples"}`; export it for serving."""
         return self._estimator("generator", model_fns.generator_model_fn)
 
     @property
     def discriminator_estimator(self) -> tf.estimator.Estimator:
+        """The discriminator's Estimator: TRAIN one D update per step, EVAL as the generator's,
+        PREDICT samples -> `{"logits", "probabilities"}`."""
         return self._estimator("discriminator", model_fns.discriminator_model_fn)
 
     def input_fn(self, training: bool = True) -> Callable:
@@ -258,6 +262,7 @@ class GAN:
         return self.global_step()
 
     def global_step(self) -> int:
+        """The latest checkpoint's global step (0 before the first)."""
         path = tf.train.latest_checkpoint(self.model_dir)
         return int(tf.train.load_variable(path, "global_step")) if path else 0
 

@@ -253,8 +253,10 @@ def test_input_builders_yield_the_documented_batches():
 
 
 def _run_example(name, *args, timeout=240):
+    """As a user runs it after `pip install -e .`: this checkout's package is importable."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     return subprocess.run([sys.executable, os.path.join("examples", name), *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_custom_loss_example_runs(tmp_path):
