@@ -62,16 +62,22 @@ def resolve(path: str, what: str) -> Any:
 
 
 def import_path(obj: Any) -> Optional[str]:
-    """`"module:qualname"` when that path resolves back to `obj` (so a saved config can name
-    it), else None (e.g. functions defined in `__main__` or inside another function)."""
-    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<locals>" in qualname:
+    """`"module:name"` when that path resolves back to `obj` (so a saved config can name it):
+    its qualified name, or a module-level name bound to it (e.g. `d = keras_network(build)`);
+    else None (e.g. functions defined in `__main__` or inside another function)."""
+    module_name = getattr(obj, "__module__", None)
+    module = sys.modules.get(module_name) if module_name != "__main__" else None
+    if module is None:
         return None
-    try:
-        found = resolve(f"{module}:{qualname}", "import path")
-    except ConfigError:
-        return None
-    return f"{module}:{qualname}" if found is obj else None
+    qualname = getattr(obj, "__qualname__", "")
+    if "<locals>" not in qualname:
+        try:
+            if resolve(f"{module_name}:{qualname}", "import path") is obj:
+                return f"{module_name}:{qualname}"
+        except ConfigError:
+            pass
+    names = [name for name, value in vars(module).items() if value is obj and not name.startswith("_")]
+    return f"{module_name}:{names[0]}" if names else None
 
 
 def check_callable(fn: Any, num_args: int, what: str, expected: str, error=TypeError) -> Callable:
@@ -139,5 +145,6 @@ def keras_network(build_model: Callable) -> Callable:
         return outputs
 
     network.__name__ = getattr(build_model, "__name__", "keras_network")
+    network.__module__ = build_model.__module__
     network.__doc__ = build_model.__doc__
     return network

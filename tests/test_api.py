@@ -22,9 +22,10 @@ ModeKeys = tf.estimator.ModeKeys
 pytestmark = pytest.mark.filterwarnings("ignore:`tf.layers.*is deprecated:UserWarning")
 
 PAIRS = {
-    # Keras models given as callables; tf.compat.v1.layers functions given as import paths.
-    "keras": dict(generator_fn=custom_nets.keras_generator,
-                  discriminator_fn=custom_nets.keras_discriminator),
+    # Keras models wrapped here, so not importable: they reach the model_fns through `params`.
+    # The tf.compat.v1.layers functions are given as import paths, recorded in the config.
+    "keras": dict(generator_fn=eg.keras_network(custom_nets._keras_generator),
+                  discriminator_fn=eg.keras_network(custom_nets._keras_discriminator)),
     "v1_layers": dict(generator_fn="custom_nets:v1_generator",
                       discriminator_fn="custom_nets:v1_discriminator"),
 }
@@ -181,6 +182,14 @@ def test_custom_loss_drives_training(tmp_path):
     for name, value in d_before.items():
         np.testing.assert_array_equal(tf.train.load_variable(last, name), value)
     assert not np.array_equal(tf.train.load_variable(last, "generator/project/kernel"), g_before)
+
+
+def test_importable_networks_are_recorded_in_the_config_and_others_passed_as_params(tmp_path):
+    gan = eg.GAN(tiny_config(), model_dir=str(tmp_path), generator_fn=custom_nets.keras_generator,
+                 discriminator_fn=PAIRS["keras"]["discriminator_fn"])
+    assert gan.config.model.generator_fn == "custom_nets:keras_generator"
+    assert gan.config.model.discriminator_fn is None
+    assert "generator_fn" not in gan.params and gan.params["discriminator_fn"] is PAIRS["keras"]["discriminator_fn"]
 
 
 def test_registered_and_import_path_losses_are_recorded_in_the_config(tmp_path):
