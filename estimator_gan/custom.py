@@ -136,8 +136,12 @@ def keras_network(build_model: Callable) -> Callable:
             model = per_graph[scope]
             training = mode == tf.estimator.ModeKeys.TRAIN
             before = {id(u) for u in model.updates}
-            conditional = params["config"].model.conditional and labels is not None
-            outputs = model([inputs, labels] if conditional else inputs, training=training)
+            if params["config"].model.conditional:
+                if labels is None:
+                    raise NetworkError(f"model.conditional is set but the {scope or 'network'} got no labels")
+                outputs = model([inputs, labels], training=training)
+            else:
+                outputs = model(inputs, training=training)
             if training:
                 for update in model.updates:
                     if id(update) not in before:

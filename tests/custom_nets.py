@@ -41,6 +41,17 @@ keras_generator = eg.keras_network(_keras_generator)
 keras_discriminator = eg.keras_network(_keras_discriminator)
 
 
+def _conditional_keras_generator(params):
+    noise = tf.keras.Input([params["config"].model.z_dim])
+    label = tf.keras.Input([], dtype="int32")
+    x = tf.keras.layers.Concatenate()([noise, tf.keras.layers.Embedding(10, 4)(label)])
+    x = tf.keras.layers.Dense(8 * 8, activation="tanh")(x)
+    return tf.keras.Model([noise, label], tf.keras.layers.Reshape((8, 8, 1))(x))
+
+
+conditional_keras_generator = eg.keras_network(_conditional_keras_generator)
+
+
 def raw_keras_discriminator(samples, labels, mode, params):
     """The pitfall: Keras layers made on every call do not share weights."""
     x = tf.keras.layers.Flatten()(samples)

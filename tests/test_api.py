@@ -13,9 +13,9 @@ import yaml
 
 import custom_nets
 import estimator_gan as eg
-from test_cli import run_train
 from conftest import REPO_ROOT, SHARED_MNIST, array_input_fn, tiny_config, tiny_images
 from estimator_gan import model_fns
+from test_cli import run_train
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -115,6 +115,22 @@ def test_custom_pair_update_changes_only_its_own_network_and_bn_stats(pair, role
     own_stats = {v.op.name for v in variables[role] if "moving_" in v.op.name}
     assert own_stats and own_stats <= changed[role], "own batch-norm statistics were not updated"
     assert any("kernel" in n for n in changed[role])
+
+
+def test_conditional_keras_generator_gets_the_labels(tmp_path):
+    params = eg.GAN(tiny_config("model.conditional=true"), model_dir=str(tmp_path),
+                    generator_fn=custom_nets.conditional_keras_generator).params
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        noise = tf.constant(np.zeros((2, 8), np.float32))
+        spec = model_fns.generator_model_fn({"noise": noise, "labels": tf.constant([3, 7])}, None,
+                                            ModeKeys.PREDICT, params)
+        sess.run(v1.global_variables_initializer())
+        samples = sess.run(spec.predictions["samples"])
+    assert samples.shape == (2, 8, 8, 1)
+    assert not np.allclose(samples[0], samples[1])  # same noise, different labels
+    with pytest.raises(eg.NetworkError, match="model.conditional is set but the generator got no labels"):
+        _build(model_fns.generator_model_fn, ModeKeys.PREDICT, np.zeros((2, 8), np.float32), params)
 
 
 def test_raw_keras_layers_are_refused_with_a_clear_error(tmp_path):
