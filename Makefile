@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test clean
+.PHONY: setup train test docs clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ train: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+docs: setup
+	$(PY) -m estimator_gan.docs
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

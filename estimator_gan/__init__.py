@@ -18,6 +18,29 @@ _EXPORTS = {
     "Config": "estimator_gan.config",
     "ConfigError": "estimator_gan.config",
     "load_config": "estimator_gan.config",
+    # networks
+    "dcgan_generator": "estimator_gan.nets",
+    "dcgan_discriminator": "estimator_gan.nets",
+    "mlp_generator": "estimator_gan.nets",
+    "mlp_discriminator": "estimator_gan.nets",
+    "keras_network": "estimator_gan.custom",
+    "NetworkError": "estimator_gan.custom",
+    # losses
+    "register_loss": "estimator_gan.losses",
+    "get_loss": "estimator_gan.losses",
+    "registered_losses": "estimator_gan.losses",
+    "GANLoss": "estimator_gan.losses",
+    "DiscriminatorLossInputs": "estimator_gan.losses",
+    "gradient_penalty": "estimator_gan.losses",
+    # data
+    "make_input_fn": "estimator_gan.data",
+    "DataError": "estimator_gan.data",
+    "digits_input_fn": "estimator_gan.inputs",
+    "mixture_input_fn": "estimator_gan.inputs",
+    "mnist_input_fn": "estimator_gan.inputs",
+    "images_input_fn": "estimator_gan.inputs",
+    "tfrecord_input_fn": "estimator_gan.inputs",
+    "npy_input_fn": "estimator_gan.inputs",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -61,7 +61,10 @@ def cmd_train(args) -> int:
         print(f"{args.model_dir} is already at step {start_step} >= max_steps {max_steps}; "
               f"nothing to do (raise train.max_steps to train further)")
         return 0
-    print(f"training {gan.config.model.architecture} on {gan.config.data.source} ({shape}), "
+    model = gan.config.model
+    networks = (model.architecture if not (model.generator_fn or model.discriminator_fn) else
+                f"{model.generator_fn or model.architecture} / {model.discriminator_fn or model.architecture}")
+    print(f"training {networks} on {gan.config.data.source} ({shape}), "
           f"loss {gan.config.loss.name}, D:G {gan.config.train.d_steps}:{gan.config.train.g_steps}, "
           f"{'resuming at step ' + str(start_step) if start_step else 'from scratch'}, "
           f"to step {max_steps}, model dir {args.model_dir}", flush=True)
@@ -352,10 +355,12 @@ COMMANDS = {
 
 def _user_errors():
     from estimator_gan.config import ConfigError
+    from estimator_gan.custom import NetworkError
     from estimator_gan.data import DataError
     from estimator_gan.export import ExportError
 
-    return (ConfigError, DataError, ExportError, FileNotFoundError, NotADirectoryError, PermissionError)
+    return (ConfigError, DataError, ExportError, NetworkError, FileNotFoundError, NotADirectoryError,
+            PermissionError)
 
 
 def _run(fn, args) -> int:

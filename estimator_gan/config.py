@@ -29,11 +29,12 @@ class _Strict(BaseModel):
 class MixtureConfig(_Strict):
     """A generated 2D mixture of Gaussians: `ring` (modes on a circle) or `grid` (a square)."""
 
-    kind: Literal["ring", "grid"] = "ring"
-    modes: int = Field(8, ge=1)
+    kind: Literal["ring", "grid"] = Field(
+        "ring", description="`ring`: modes on a circle; `grid`: modes on a square grid.")
+    modes: int = Field(8, ge=1, description="Number of Gaussians (a square number for a grid).")
     radius: float = Field(2.0, gt=0, description="Ring radius, or grid spacing.")
-    std: float = Field(0.02, gt=0)
-    num_examples: int = Field(100_000, ge=1)
+    std: float = Field(0.02, gt=0, description="Standard deviation of each Gaussian.")
+    num_examples: int = Field(100_000, ge=1, description="Points drawn (with seed `train.seed`).")
 
     @model_validator(mode="after")
     def _grid_is_square(self):
@@ -81,19 +82,21 @@ class DataConfig(_Strict):
     `batch_size / num_replicas_in_sync` examples.
     """
 
-    source: Literal["digits", "mixture2d", "mnist", "images", "tfrecord", "npy"] = "digits"
+    source: Literal["digits", "mixture2d", "mnist", "images", "tfrecord", "npy"] = Field(
+        "digits", description="Where real examples come from (see the README's data sources).")
     path: Optional[str] = Field(None, description="File or folder for mnist/images/tfrecord/npy.")
     labels_path: Optional[str] = Field(None, description="npy: optional label array file.")
     image_size: Optional[int] = Field(
         None, ge=4, description="Resize images to this square size (default: per source).")
     channels: Optional[int] = Field(None, description="1 or 3 (default: per source).")
-    batch_size: int = Field(64, ge=1)
-    shuffle_buffer: int = Field(10_000, ge=1)
-    cache: bool = True
+    batch_size: int = Field(64, ge=1, description="Global batch size (split across replicas).")
+    shuffle_buffer: int = Field(10_000, ge=1, description="File sources: examples in the shuffle buffer.")
+    cache: bool = Field(True, description="File sources: keep decoded images in memory when they fit.")
     on_corrupt: Literal["fail", "skip"] = Field(
         "fail", description="images/tfrecord: fail on an undecodable file or skip and count.")
-    image_key: str = "image/encoded"
-    label_key: Optional[str] = "image/class/label"
+    image_key: str = Field("image/encoded", description="tfrecord: feature holding the encoded image.")
+    label_key: Optional[str] = Field(
+        "image/class/label", description="tfrecord: int64 label feature (null: unlabelled).")
     mixture: MixtureConfig = MixtureConfig()
     split: Optional[SplitConfig] = Field(
         None, description="Use one part of a seeded split of the examples (not for tfrecord).")
@@ -107,9 +110,11 @@ class DataConfig(_Strict):
 
 
 class GeneratorConfig(_Strict):
+    """The built-in generator (`model.architecture`)."""
+
     filters: int = Field(64, ge=1, description="DCGAN: filters of the last hidden layer.")
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
-    batch_norm: bool = True
+    batch_norm: bool = Field(True, description="Batch norm after each hidden generator layer.")
     bn_decay: float = Field(0.99, gt=0, lt=1, description="Moving-average decay of BN stats.")
     ema_decay: Optional[float] = Field(
         0.999, ge=0, lt=1,
@@ -121,6 +126,8 @@ class GeneratorConfig(_Strict):
 
 
 class DiscriminatorConfig(_Strict):
+    """The built-in discriminator (`model.architecture`)."""
+
     filters: int = Field(64, ge=1, description="DCGAN: filters of the first conv layer.")
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
     spectral_norm: bool = Field(
@@ -135,8 +142,9 @@ class ModelConfig(_Strict):
     """The networks. Every field here fixes variable shapes: a model directory refuses to
     resume under a config that changes any of them."""
 
-    architecture: Literal["dcgan", "mlp"] = "dcgan"
-    z_dim: int = Field(64, ge=1)
+    architecture: Literal["dcgan", "mlp"] = Field(
+        "dcgan", description="Built-in network pair: `dcgan` (images) or `mlp` (e.g. 2D points).")
+    z_dim: int = Field(64, ge=1, description="Length of the noise vector fed to the generator.")
     sample_shape: Optional[List[int]] = Field(
         None, description="Shape of one example; filled in from the data source.")
     conditional: bool = Field(False, description="Condition G and D on class labels.")
@@ -144,44 +152,59 @@ class ModelConfig(_Strict):
         None, ge=1, description="Classes of a conditional model; filled in from the data source.")
     generator: GeneratorConfig = GeneratorConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    generator_fn: Optional[str] = Field(
+        None, description="Import path 'package.module:name' of your own generator "
+                          "fn(noise, labels, mode, params); replaces the architecture's.")
+    discriminator_fn: Optional[str] = Field(
+        None, description="Import path of your own discriminator fn(samples, labels, mode, "
+                          "params) -> logits [B]; replaces the architecture's.")
 
 
 class LossConfig(_Strict):
-    name: str = Field("non_saturating", description="A name in the loss registry.")
-    gradient_penalty_weight: float = Field(10.0, ge=0)
+    """The GAN loss, from the loss registry or your own."""
+
+    name: str = Field(
+        "non_saturating",
+        description="A name in the loss registry, or an import path 'package.module:name' of a "
+                    "GANLoss or a (discriminator_loss, generator_loss) pair.")
+    gradient_penalty_weight: float = Field(
+        10.0, ge=0, description="wasserstein: weight of the gradient penalty (0: none).")
 
     @field_validator("name")
     @classmethod
     def _known(cls, v):
         from estimator_gan import losses
 
-        if v not in losses.registered_losses():
+        if v not in losses.registered_losses() and ":" not in v:
             raise ValueError(
                 f"unknown loss {v!r}; choose one of {', '.join(losses.registered_losses())}")
         return v
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["adam", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(2e-4, gt=0)
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
+    """One network's optimizer."""
+
+    name: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Optimizer.")
+    learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
+    beta1: float = Field(0.5, ge=0, lt=1, description="adam: first-moment decay.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="adam: second-moment decay.")
 
 
 class TrainConfig(_Strict):
     """The orchestrated loop: each global step is `d_steps` D updates (one input batch each)
     followed by `g_steps` G updates that see the freshly updated D."""
 
-    max_steps: int = Field(2000, ge=1)
-    d_steps: int = Field(1, ge=1)
-    g_steps: int = Field(1, ge=1)
+    max_steps: int = Field(2000, ge=1, description="Train until the global step reaches this.")
+    d_steps: int = Field(1, ge=1, description="Discriminator updates per global step.")
+    g_steps: int = Field(1, ge=1, description="Generator updates per global step.")
     generator_optimizer: OptimizerConfig = OptimizerConfig()
     discriminator_optimizer: OptimizerConfig = OptimizerConfig()
-    seed: Optional[int] = 0
-    log_every_steps: int = Field(100, ge=1)
-    save_checkpoints_steps: int = Field(500, ge=1)
-    save_summary_steps: int = Field(100, ge=1)
-    keep_checkpoint_max: int = Field(5, ge=1)
+    seed: Optional[int] = Field(0, description="Graph-level and data seed (null: random).")
+    log_every_steps: int = Field(100, ge=1, description="Print a progress line every N steps.")
+    save_checkpoints_steps: int = Field(
+        500, ge=1, description="Checkpoint (and sample PNG) every N steps.")
+    save_summary_steps: int = Field(100, ge=1, description="TensorBoard summaries every N steps.")
+    keep_checkpoint_max: int = Field(5, ge=1, description="Checkpoints kept.")
     sample_grid: int = Field(8, ge=1, le=32, description="Sample PNG is a grid of n x n.")
     stop_grace_secs: float = Field(
         25.0, gt=0, description="After SIGTERM/SIGINT, exit at once if the clean stop (finish the "
@@ -270,6 +293,10 @@ class DistributeConfig(_Strict):
 
 
 class Config(_Strict):
+    """A whole run: the `data`, `model`, `loss` and `train` sections, validated (unknown keys
+    and out-of-range values are refused). Usually made by `load_config`; every key is listed in
+    docs/configuration.md."""
+
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

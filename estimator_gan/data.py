@@ -128,6 +128,8 @@ def make_input_fn(cfg: DataConfig, training: bool = True,
                   seed: Optional[int] = None) -> Callable[..., tf.data.Dataset]:
     """Load and validate the data now; return `input_fn(input_context=None)` for an Estimator.
 
+    `cfg` is a config's `data` section (`config.data`).
+
     `seed` seeds shuffling and the mixture2d generator (which uses 0 when it is None).
     """
     cfg = cfg.model_copy(deep=True)

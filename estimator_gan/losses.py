@@ -16,8 +16,14 @@ from typing import Callable, Dict, List, NamedTuple
 
 import tensorflow as tf
 
+from estimator_gan import custom
+from estimator_gan.config import ConfigError
+
 
 class DiscriminatorLossInputs(NamedTuple):
+    """What a discriminator loss gets: logits `[B]` on real and fake batches, the batches, and
+    `discriminator(samples) -> logits`, D with the same weights (e.g. for a gradient penalty)."""
+
     real_logits: tf.Tensor
     fake_logits: tf.Tensor
     real: tf.Tensor
@@ -26,6 +32,8 @@ class DiscriminatorLossInputs(NamedTuple):
 
 
 class GANLoss(NamedTuple):
+    """A named pair `(discriminator_loss, generator_loss)`; see the module docstring."""
+
     name: str
     discriminator_loss: Callable[[DiscriminatorLossInputs, object], tf.Tensor]
     generator_loss: Callable[[tf.Tensor, object], tf.Tensor]
@@ -35,24 +43,57 @@ _REGISTRY: Dict[str, GANLoss] = {}
 
 
 def register_loss(name: str, discriminator_loss, generator_loss, overwrite: bool = False) -> GANLoss:
-    """Add a loss to the registry so that configs can name it (`loss.name`)."""
+    """Add a loss to the registry so that configs and `GAN(loss=name)` can name it.
+
+    `discriminator_loss(inputs: DiscriminatorLossInputs, config: LossConfig) -> scalar` and
+    `generator_loss(fake_logits, config: LossConfig) -> scalar`; returns the `GANLoss`.
+    """
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"a loss named {name!r} is already registered")
-    if not (callable(discriminator_loss) and callable(generator_loss)):
-        raise TypeError(f"loss {name!r}: discriminator_loss and generator_loss must be callable")
+    custom.check_callable(discriminator_loss, 2, f"loss {name!r}: discriminator_loss",
+                          "discriminator_loss(inputs, config) -> scalar")
+    custom.check_callable(generator_loss, 2, f"loss {name!r}: generator_loss",
+                          "generator_loss(fake_logits, config) -> scalar")
     _REGISTRY[name] = GANLoss(name, discriminator_loss, generator_loss)
     return _REGISTRY[name]
 
 
 def registered_losses() -> List[str]:
+    """The names `loss.name` accepts (besides import paths), sorted."""
     return sorted(_REGISTRY)
 
 
 def get_loss(name: str) -> GANLoss:
+    """The registered loss called `name`; ValueError listing the choices when there is none."""
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(registered_losses())}") from None
+
+
+def as_loss(loss) -> GANLoss:
+    """A `GANLoss` from any way of naming one: a registered name, an import path
+    `"package.module:name"` (of a GANLoss or a pair), a `GANLoss`, or a pair of callables
+    `(discriminator_loss, generator_loss)`. Signatures are checked here, with an error that
+    names the loss."""
+    what, error = "loss", TypeError
+    if isinstance(loss, str):
+        if ":" not in loss:
+            return get_loss(loss)
+        what, error = f"loss {loss!r}", ConfigError
+        loss = custom.resolve(loss, "loss.name")
+    if isinstance(loss, GANLoss):
+        name, pair = loss.name, (loss.discriminator_loss, loss.generator_loss)
+    elif isinstance(loss, (tuple, list)) and len(loss) == 2:
+        name, pair = "custom", tuple(loss)
+    else:
+        raise error(f"{what} must be a registered name, a GANLoss or a pair "
+                    f"(discriminator_loss, generator_loss); got {type(loss).__name__}")
+    custom.check_callable(pair[0], 2, f"{what}: discriminator_loss",
+                          "discriminator_loss(inputs: DiscriminatorLossInputs, config) -> scalar", error)
+    custom.check_callable(pair[1], 2, f"{what}: generator_loss",
+                          "generator_loss(fake_logits, config) -> scalar", error)
+    return GANLoss(name, *pair)
 
 
 def _mean(x):

@@ -43,9 +43,11 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from estimator_gan import custom
 from estimator_gan import evaluation
 from estimator_gan import losses as losses_lib
 from estimator_gan import nets
+from estimator_gan.config import ConfigError
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -75,7 +77,7 @@ def _networks(params):
 
 
 def _loss(params) -> losses_lib.GANLoss:
-    return params.get("loss") or losses_lib.get_loss(_config(params).loss.name)
+    return params.get("loss") or losses_lib.as_loss(_config(params).loss.name)
 
 
 def _collection_delta(key, fn):
@@ -136,7 +138,12 @@ def generator(noise, labels, mode, params, use_ema: Optional[bool] = None):
         with v1.variable_scope(GENERATOR_SCOPE, reuse=v1.AUTO_REUSE, custom_getter=getter):
             return gen_fn(noise, labels, mode, params)
 
-    return _collection_delta(v1.GraphKeys.UPDATE_OPS, call)
+    samples, updates = _collection_delta(v1.GraphKeys.UPDATE_OPS, lambda: _checked_call(GENERATOR_SCOPE, call))
+    expected = list(_config(params).model.sample_shape)
+    if not samples.shape[1:].is_compatible_with(expected):
+        raise custom.NetworkError(f"the generator returned samples of shape {samples.shape.as_list()}; "
+                                  f"expected [batch, {', '.join(map(str, expected))}] (model.sample_shape)")
+    return samples, updates
 
 
 def discriminator(samples, labels, mode, params):
@@ -151,7 +158,30 @@ def discriminator(samples, labels, mode, params):
         with v1.variable_scope(DISCRIMINATOR_SCOPE, reuse=v1.AUTO_REUSE):
             return disc_fn(samples, labels, mode, params)
 
-    return _collection_delta(v1.GraphKeys.UPDATE_OPS, call)
+    logits, updates = _collection_delta(v1.GraphKeys.UPDATE_OPS, lambda: _checked_call(DISCRIMINATOR_SCOPE, call))
+    if logits.shape.rank == 2 and logits.shape[1] == 1:
+        logits = tf.squeeze(logits, axis=1)
+    if logits.shape.rank != 1:
+        raise custom.NetworkError(f"the discriminator returned logits of shape {logits.shape.as_list()}; "
+                                  "expected [batch] or [batch, 1]")
+    return logits, updates
+
+
+def _checked_call(scope, call):
+    """Run a network; refuse one that makes variables outside its scope or on a repeated call,
+    which would silently break weight sharing and var_list separation."""
+    existing = role_variables(scope, trainable=False)
+    out, new = _collection_delta(v1.GraphKeys.GLOBAL_VARIABLES, call)
+    names = ", ".join(v.op.name for v in new[:3]) + (", ..." if len(new) > 3 else "")
+    fix = ("build layers with tf.compat.v1.get_variable or tf.compat.v1.layers, or wrap a Keras "
+           "model with estimator_gan.keras_network")
+    if any(not v.op.name.startswith(scope + "/") for v in new):
+        raise custom.NetworkError(f"the {scope} made variables outside the '{scope}/' variable scope "
+                                  f"({names}): {fix}")
+    if existing and new:
+        raise custom.NetworkError(f"the {scope} made new variables when called again ({names}), so its "
+                                  f"calls would not share weights: {fix}")
+    return tf.convert_to_tensor(out)
 
 
 def sample_noise(batch_size, params):
@@ -305,6 +335,10 @@ def train_spec(features, labels, params, d_steps: int, g_steps: int) -> tf.estim
     """
     batches = list(features)
     label_list = list(labels) if labels is not None else [None] * len(batches)
+    expected = list(_config(params).model.sample_shape)
+    if not batches[0].shape[1:].is_compatible_with(expected):
+        raise ConfigError(f"the input_fn yields examples of shape {batches[0].shape.as_list()[1:]} but "
+                          f"model.sample_shape is {expected}: set model.sample_shape to match")
     dependency: List = []
     d_loss = g_loss = None
     for i in range(max(d_steps, 1)):

@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from estimator_gan import custom
+
 ModeKeys = tf.estimator.ModeKeys
 v1 = tf.compat.v1
 
@@ -293,5 +295,12 @@ ARCHITECTURES: Dict[str, Tuple[NetworkFn, NetworkFn]] = {
 
 
 def networks_for(config) -> Tuple[NetworkFn, NetworkFn]:
-    """The (generator, discriminator) pair a config names."""
-    return ARCHITECTURES[config.model.architecture]
+    """The (generator, discriminator) pair a config names: the architecture's, each replaced by
+    the function at `model.generator_fn` / `model.discriminator_fn` when set."""
+    gen, disc = ARCHITECTURES[config.model.architecture]
+    if config.model.generator_fn:
+        gen = custom.network_function(config.model.generator_fn, "generator", "model.generator_fn")
+    if config.model.discriminator_fn:
+        disc = custom.network_function(config.model.discriminator_fn, "discriminator",
+                                       "model.discriminator_fn")
+    return gen, disc

@@ -21,12 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_gan import config as config_lib
+from estimator_gan import custom
 from estimator_gan import data as data_lib
 from estimator_gan import distributed
 from estimator_gan import evaluation
 from estimator_gan import export
 from estimator_gan import images
+from estimator_gan import losses
 from estimator_gan import model_fns
+from estimator_gan import nets
 from estimator_gan import reliability
 
 v1 = tf.compat.v1
@@ -243,13 +246,27 @@ class GAN:
 
     `config` is a `Config` (its `model.sample_shape` is filled from the data if unset);
     `run_config` a `tf.estimator.RunConfig` whose `model_dir` is used (or pass `model_dir`).
-    `generator_fn` / `discriminator_fn` / `loss` override the networks and loss the config names.
+    `generator_fn` / `discriminator_fn` / `loss` override the networks and loss the config names:
+
+    * `generator_fn(noise, labels, mode, params) -> samples [B, *model.sample_shape]` and
+      `discriminator_fn(samples, labels, mode, params) -> logits [B]` (or `[B, 1]`), callables
+      or import paths `"package.module:name"`. They are called in the `generator/` and
+      `discriminator/` variable scopes (with reuse), `mode` a `tf.estimator.ModeKeys`, and
+      `params["config"]` the `Config`. Build layers with `tf.compat.v1.get_variable` or
+      `tf.compat.v1.layers`, or wrap a Keras model factory with `keras_network`.
+    * `loss`: a registered name, an import path, a `GANLoss`, or a pair of callables
+      `(discriminator_loss, generator_loss)` (see `register_loss`).
+
+    A network or loss given by name or by an importable function is recorded in the config
+    (`model.generator_fn`, `model.discriminator_fn`, `loss.name`) that `train` saves beside the
+    checkpoints, so the run can be resumed or exported from its model_dir alone.
     """
 
     def __init__(self, config: config_lib.Config, model_dir: Optional[str] = None,
                  run_config: Optional[tf.estimator.RunConfig] = None,
                  generator_fn=None, discriminator_fn=None, loss=None):
-        self.config = resolve_config(config)
+        self.config = resolve_config(config).model_copy(deep=True)
+        overrides = self._custom_parts(generator_fn, discriminator_fn, loss)
         check_labels(self.config)
         if run_config is None:
             if model_dir is None:
@@ -261,13 +278,34 @@ class GAN:
             raise ValueError("GAN needs a model_dir or a run_config with one")
         self.run_config = run_config
         self.model_dir = run_config.model_dir
-        self.params = {"config": self.config}
-        for key, value in (("generator_fn", generator_fn), ("discriminator_fn", discriminator_fn),
-                           ("loss", loss)):
-            if value is not None:
-                self.params[key] = value
+        self.params = {"config": self.config, **overrides}
         self._estimators = {}
         self.last_export: Optional[str] = None
+
+    def _custom_parts(self, generator_fn, discriminator_fn, loss) -> dict:
+        """Check the user's networks and loss now (not at graph-building time); record in the
+        config those that can be named, and return the others as `params` overrides."""
+        overrides = {}
+        for role, fn in (("generator", generator_fn), ("discriminator", discriminator_fn)):
+            if fn is None:
+                continue
+            checked = custom.network_function(fn, role)
+            path = fn if isinstance(fn, str) else custom.import_path(fn)
+            if path is not None:
+                setattr(self.config.model, f"{role}_fn", path)
+            else:
+                overrides[f"{role}_fn"] = checked
+        nets.networks_for(self.config)  # resolves and checks import paths
+        if loss is not None:
+            resolved = losses.as_loss(loss)
+            if isinstance(loss, str):
+                self.config.loss.name = loss
+            elif resolved.name in losses.registered_losses() and losses.get_loss(resolved.name) == resolved:
+                self.config.loss.name = resolved.name
+            else:
+                overrides["loss"] = resolved
+        losses.as_loss(self.config.loss.name)
+        return overrides
 
     def _estimator(self, name, model_fn) -> tf.estimator.Estimator:
         if name not in self._estimators:
@@ -282,10 +320,14 @@ class GAN:
 
     @property
     def generator_estimator(self) -> tf.estimator.Estimator:
+        """The generator's Estimator: TRAIN one G update per step, EVAL losses and D metrics,
+        PREDICT noise (or `{"noise", "labels"}`) -> `{"samples"}`; export it for serving."""
         return self._estimator("generator", model_fns.generator_model_fn)
 
     @property
     def discriminator_estimator(self) -> tf.estimator.Estimator:
+        """The discriminator's Estimator: TRAIN one D update per step, EVAL as the generator's,
+        PREDICT samples -> `{"logits", "probabilities"}`."""
         return self._estimator("discriminator", model_fns.discriminator_model_fn)
 
     def input_fn(self, training: bool = True) -> Callable:
@@ -356,6 +398,7 @@ class GAN:
             self.last_export = distributed.export_generator(self, os.path.join(self.model_dir, "export"))
 
     def global_step(self) -> int:
+        """The latest checkpoint's global step (0 before the first)."""
         return reliability.checkpoint_step(self.model_dir)
 
     def evaluate(self, input_fn: Optional[Callable] = None, steps: Optional[int] = None,

@@ -1,0 +1,77 @@
+"""Input-function builders, one per data source, for `GAN.train(input_fn=...)` and `evaluate`.
+
+Each builder validates its options like the `data` section of a config (same names, same
+defaults, `ConfigError` on a bad value), loads and checks the data at once (`DataError` naming
+the file), and returns `input_fn(input_context=None) -> tf.data.Dataset`.
+
+What any input_fn, yours included, must yield: `features` float32 `[B, *model.sample_shape]`
+(images in [-1, 1]), or `(features, labels)` with int32 labels `[B]`; batches of one fixed size
+(`drop_remainder=True`); for training, repeating forever. `GAN` takes `model.sample_shape` from
+the config's `data` section, so set `model.sample_shape` when your input_fn yields another shape.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from pydantic import ValidationError
+
+from estimator_gan import config as config_lib
+from estimator_gan import data as data_lib
+
+
+def _builder(source: str, training: bool, seed: Optional[int], **options) -> Callable:
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        cfg = config_lib.DataConfig(source=source, **options)
+    except ValidationError as err:
+        raise config_lib.ConfigError(config_lib._format_validation_error(err).replace(
+            "invalid config: ", f"invalid {source}_input_fn option: ")) from None
+    return data_lib.make_input_fn(cfg, training=training, seed=seed)
+
+
+def digits_input_fn(batch_size: int = 64, image_size: Optional[int] = None, training: bool = True,
+                    seed: Optional[int] = None, **options) -> Callable:
+    """scikit-learn's bundled 8x8 digits (no download), upsampled to `image_size` (16), with
+    labels 0-9."""
+    return _builder("digits", training, seed, batch_size=batch_size, image_size=image_size, **options)
+
+
+def mixture_input_fn(kind: str = "ring", modes: int = 8, radius: float = 2.0, std: float = 0.02,
+                     num_examples: int = 100_000, batch_size: int = 64, training: bool = True,
+                     seed: Optional[int] = None, **options) -> Callable:
+    """2D points from a mixture of Gaussians on a `ring` or a square `grid`; label = mode."""
+    mixture = dict(kind=kind, modes=modes, radius=radius, std=std, num_examples=num_examples)
+    return _builder("mixture2d", training, seed, batch_size=batch_size, mixture=mixture, **options)
+
+
+def mnist_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
+                   training: bool = True, seed: Optional[int] = None, **options) -> Callable:
+    """MNIST-format files: a folder of IDX files (`.gz` or not), one IDX images file, or an
+    `mnist.npz`; with labels."""
+    return _builder("mnist", training, seed, path=path, batch_size=batch_size,
+                    image_size=image_size, **options)
+
+
+def images_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
+                    channels: Optional[int] = None, training: bool = True,
+                    seed: Optional[int] = None, **options) -> Callable:
+    """A folder of PNG/JPEG files (recursive), center-cropped and resized to `image_size` (64)
+    with `channels` (3); no labels. `on_corrupt="skip"` skips undecodable files."""
+    return _builder("images", training, seed, path=path, batch_size=batch_size,
+                    image_size=image_size, channels=channels, **options)
+
+
+def tfrecord_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
+                      channels: Optional[int] = None, training: bool = True,
+                      seed: Optional[int] = None, **options) -> Callable:
+    """A file, glob or folder of `tf.train.Example` records: the encoded image at `image_key`,
+    an optional int label at `label_key`."""
+    return _builder("tfrecord", training, seed, path=path, batch_size=batch_size,
+                    image_size=image_size, channels=channels, **options)
+
+
+def npy_input_fn(path: str, labels_path: Optional[str] = None, batch_size: int = 64,
+                 training: bool = True, seed: Optional[int] = None, **options) -> Callable:
+    """A `.npy`/`.npz` array: `(N, 2)` points or `(N, H, W[, C])` images, optional labels."""
+    return _builder("npy", training, seed, path=path, labels_path=labels_path,
+                    batch_size=batch_size, **options)
