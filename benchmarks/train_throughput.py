@@ -47,7 +47,7 @@ class NaiveAlternation:
 
 
 def bench_model(name, config, args, workdir, product_steps, naive_ks):
-    warmup = common.pick(args, 20, 10, 2)
+    warmup = common.pick(args, 20, 5, 2)
     print(f"\n{name}: {config.model.architecture} {config.model.sample_shape}, batch "
           f"{config.data.batch_size}, data {config.data.source}", file=sys.stderr, flush=True)
     product = common.ProductLoop(config, os.path.join(workdir, name, "product"))
@@ -95,7 +95,7 @@ def main():
     workdir = common.workdir("train-throughput")
     smoke = ["model.generator.filters=8", "model.discriminator.filters=8"] if args.smoke else []
     models = {
-        "dcgan": (common.dcgan_config(workdir, *smoke), common.pick(args, 300, 50, 3),
+        "dcgan": (common.dcgan_config(workdir, *smoke), common.pick(args, 300, 30, 3),
                   common.pick(args, (1, 100), (1,), (1,))),
         "mlp": (common.mlp_config(), common.pick(args, 2000, 500, 3),
                 common.pick(args, (1, 100), (1, 100), (1,))),
