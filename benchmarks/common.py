@@ -72,6 +72,11 @@ def parse_args(description: str, add_arguments: Optional[Callable] = None) -> ar
     return args
 
 
+def smoke_overrides(args) -> List[str]:
+    """Config overrides that shrink the DCGAN for a smoke run (its numbers mean nothing)."""
+    return ["model.generator.filters=8", "model.discriminator.filters=8"] if args.mode == "smoke" else []
+
+
 def pick(args, full, quick, smoke):
     """The value for this run's mode."""
     return {"full": full, "quick": quick, "smoke": smoke}[args.mode]

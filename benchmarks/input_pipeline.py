@@ -52,19 +52,20 @@ def sources(workdir: str, args):
     files = common.pick(args, 1024, 256, 64)
     image_dir = write_images(os.path.join(workdir, "images"), files, 96)
     record = write_tfrecord(os.path.join(workdir, "images.tfrecord"), image_dir)
+    smoke = common.smoke_overrides(args)
     out = {
-        "digits": training.resolve_config(config_lib.load_config(None)),
+        "digits": training.resolve_config(config_lib.load_config(None, smoke)),
         "mixture2d": common.mlp_config(),
     }
     if os.path.isdir(common.SHARED_MNIST):
-        out["mnist"] = common.dcgan_config(workdir)
-    out["npy"] = common.dcgan_config(workdir, *common.synthetic_image_overrides(workdir, 28, 1))
+        out["mnist"] = common.dcgan_config(workdir, *smoke)
+    out["npy"] = common.dcgan_config(workdir, *common.synthetic_image_overrides(workdir, 28, 1), *smoke)
     for cache in (True, False):
         tag = "" if cache else " (no cache)"
         out["images" + tag] = training.resolve_config(config_lib.load_config(
-            None, ["data.source=images", f"data.path={image_dir}", f"data.cache={cache}"]))
+            None, ["data.source=images", f"data.path={image_dir}", f"data.cache={cache}"] + smoke))
         out["tfrecord" + tag] = training.resolve_config(config_lib.load_config(
-            None, ["data.source=tfrecord", f"data.path={record}", f"data.cache={cache}"]))
+            None, ["data.source=tfrecord", f"data.path={record}", f"data.cache={cache}"] + smoke))
     return out
 
 

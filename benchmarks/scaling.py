@@ -18,8 +18,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (sets the thread pools before TensorFlow starts)
 
-# Steps timed per point at batch 64 x 28x28 (scaled down for bigger work, at least 3).
-_BASE_STEPS = {"full": 60, "quick": 20, "smoke": 2}
+# Steps timed per point at batch 64 x 28x28 (scaled by the work per step, at least 3).
+_BASE_STEPS = {"full": 60, "quick": 20}
 
 
 def points(args):
@@ -34,14 +34,14 @@ def main():
     args = common.parse_args(__doc__.splitlines()[0])
     common.print_environment(common.environment())
     workdir = common.workdir("scaling")
-    smoke = ["model.generator.filters=8", "model.discriminator.filters=8"] if args.smoke else []
+    smoke = common.smoke_overrides(args)
     rows, out = [], []
     for axis, value, size, batch in points(args):
         config = common.dcgan_config(workdir, *common.synthetic_image_overrides(workdir, size, 1),
                                      f"data.batch_size={batch}", *smoke)
         work = batch * size * size * (2 if size >= 32 else 1) * (2 if size >= 64 else 1)
-        steps = max(2 if args.smoke else 3, int(_BASE_STEPS[args.mode] * 64 * 28 * 28 / work))
-        warmup = common.pick(args, 5, 3, 1)
+        steps = 2 if args.smoke else max(3, int(_BASE_STEPS[args.mode] * 64 * 28 * 28 / work))
+        warmup = common.pick(args, 5, 3, 2)
         product = common.ProductLoop(config, os.path.join(workdir, f"{axis}-{value}"))
         tf_loop = common.TFFunctionLoop(config)
         print(f"\n{axis} {value}: {size}x{size}x1, batch {batch}, {steps} steps", file=sys.stderr, flush=True)

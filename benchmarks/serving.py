@@ -92,7 +92,7 @@ def main():
     args = common.parse_args(__doc__.splitlines()[0])
     common.print_environment(common.environment())
     workdir = common.workdir("serving")
-    smoke = ["model.generator.filters=8", "model.discriminator.filters=8"] if args.smoke else []
+    smoke = common.smoke_overrides(args)
     config = common.dcgan_config(workdir, *smoke)
     gan = common.training.GAN(config, model_dir=os.path.join(workdir, "model"))
     gan.train(max_steps=common.pick(args, 50, 20, 2), progress=False)

@@ -93,7 +93,7 @@ def main():
     env = common.environment()
     common.print_environment(env)
     workdir = common.workdir("train-throughput")
-    smoke = ["model.generator.filters=8", "model.discriminator.filters=8"] if args.smoke else []
+    smoke = common.smoke_overrides(args)
     models = {
         "dcgan": (common.dcgan_config(workdir, *smoke), common.pick(args, 300, 30, 3),
                   common.pick(args, (1, 100), (1,), (1,))),
