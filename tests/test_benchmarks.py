@@ -8,7 +8,7 @@ import sys
 from conftest import REPO_ROOT
 
 
-def run_smoke(script, timeout=120):
+def run_smoke(script, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), "--smoke"],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
