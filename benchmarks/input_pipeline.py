@@ -1,0 +1,135 @@
+"""Input pipeline alone, per data source, against what training consumes.
+
+    python benchmarks/input_pipeline.py [--quick | --smoke] [--repeats N]
+
+For each source (digits, mixture2d, mnist, npy, images, tfrecord; the file sources with their
+decoded-image cache on and off) it iterates the exact dataset `GAN.train` reads
+(`make_input_fn` grouped by `stacked_input_fn`), eagerly, after a warm-up, and reports
+examples/s. Training consumption is the product's loop (`GAN.train`) on that source with the
+default model for its sample shape. Target: pipeline >= 10x consumption. mnist uses
+../shared/data/mnist (skipped when absent); npy, images and tfrecord use synthetic files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (sets the thread pools before TensorFlow starts)
+from common import config_lib, data_lib, np, tf, training  # noqa: E402
+
+TARGET = 10.0
+
+
+def write_images(directory: str, count: int, size: int) -> str:
+    """`count` RGB PNGs of `size`x`size` (resized to the source's 64x64 by the pipeline)."""
+    from PIL import Image
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.RandomState(0)
+    for i in range(count):
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            os.path.join(directory, f"{i:05d}.png"))
+    return directory
+
+
+def write_tfrecord(path: str, image_dir: str) -> str:
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, name in enumerate(sorted(os.listdir(image_dir))):
+            with open(os.path.join(image_dir, name), "rb") as f:
+                encoded = f.read()
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 10])),
+            })).SerializeToString())
+    return path
+
+
+def sources(workdir: str, args):
+    """{name: Config} for every source measured here."""
+    files = common.pick(args, 1024, 256, 64)
+    image_dir = write_images(os.path.join(workdir, "images"), files, 96)
+    record = write_tfrecord(os.path.join(workdir, "images.tfrecord"), image_dir)
+    smoke = common.smoke_overrides(args)
+    out = {
+        "digits": training.resolve_config(config_lib.load_config(None, smoke)),
+        "mixture2d": common.mlp_config(),
+    }
+    if os.path.isdir(common.SHARED_MNIST):
+        out["mnist"] = common.dcgan_config(workdir, *smoke)
+    out["npy"] = common.dcgan_config(workdir, *common.synthetic_image_overrides(workdir, 28, 1), *smoke)
+    for cache in (True, False):
+        tag = "" if cache else " (no cache)"
+        out["images" + tag] = training.resolve_config(config_lib.load_config(
+            None, ["data.source=images", f"data.path={image_dir}", f"data.cache={cache}"] + smoke))
+        out["tfrecord" + tag] = training.resolve_config(config_lib.load_config(
+            None, ["data.source=tfrecord", f"data.path={record}", f"data.cache={cache}"] + smoke))
+    return out
+
+
+class Pipeline:
+    """The dataset `GAN.train` reads, iterated eagerly: seconds per batch after a warm-up."""
+
+    def __init__(self, config):
+        input_fn = data_lib.make_input_fn(config.data, training=True, seed=config.train.seed)
+        self._it = iter(training.stacked_input_fn(input_fn, config.train.d_steps)())
+
+    def measure(self, warmup: int, batches: int) -> float:
+        for _ in range(warmup):
+            next(self._it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(self._it)
+        return (time.perf_counter() - start) / batches
+
+
+def model_key(config) -> str:
+    return json.dumps([config.model.model_dump(mode="json"), config.data.batch_size, config.train.d_steps])
+
+
+def main():
+    started = time.time()
+    args = common.parse_args(__doc__.splitlines()[0])
+    common.print_environment(common.environment())
+    workdir = common.workdir("input-pipeline")
+    configs = sources(workdir, args)
+    batches = common.pick(args, 400, 100, 5)
+    train_steps = {"mlp": common.pick(args, 1000, 300, 3), "dcgan": common.pick(args, 30, 8, 2)}
+
+    pipelines, trainers, variants = {}, {}, {}
+    for name, cfg in configs.items():
+        pipelines[name] = Pipeline(cfg)
+        # Warm up over at least one epoch, so a cached source is measured from its cache.
+        warmup = common.pick(args, 40, 20, 1)
+        variants[f"pipeline {name}"] = (lambda p=pipelines[name], w=warmup: p.measure(w, batches))
+        key = model_key(cfg)
+        if key not in trainers:
+            trainers[key] = common.ProductLoop(cfg, os.path.join(workdir, f"train{len(trainers)}"))
+            steps = train_steps[cfg.model.architecture]
+            variants[f"train {len(trainers) - 1}"] = (
+                lambda t=trainers[key], s=steps: t.measure(common.pick(args, 5, 3, 1), s))
+    seconds = common.interleave(variants, args.repeats)
+
+    train_names = {key: f"train {i}" for i, key in enumerate(trainers)}
+    rows, out = [], {}
+    for name, cfg in configs.items():
+        per_step = common.examples_per_step(cfg)
+        pipe = per_step / common.median(seconds[f"pipeline {name}"])
+        consume = per_step / common.median(seconds[train_names[model_key(cfg)]])
+        shape = "x".join(map(str, cfg.model.sample_shape))
+        rows.append([name, shape, cfg.data.batch_size, pipe, consume, pipe / consume])
+        out[name] = {"sample_shape": cfg.model.sample_shape, "batch_size": cfg.data.batch_size,
+                     "pipeline_examples_per_s": round(pipe, 1),
+                     "training_examples_per_s": round(consume, 1), "ratio": round(pipe / consume, 2)}
+    common.print_table(f"examples/s: input pipeline alone vs the product's training loop (median of "
+                       f"{args.repeats}; target ratio >= {TARGET:g})",
+                       ["source", "shape", "batch", "pipeline ex/s", "training ex/s", "ratio"], rows)
+    lowest = min(v["ratio"] for v in out.values())
+    common.emit_json("input_pipeline", args, {"min_ratio": lowest, "target_met": lowest >= TARGET,
+                                              "sources": out}, started)
+
+
+if __name__ == "__main__":
+    main()

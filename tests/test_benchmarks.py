@@ -1,0 +1,55 @@
+"""Each benchmark script runs end to end in its smoke mode (a few steps) and ends with its JSON
+line. Not a timing test: the numbers of a smoke run mean nothing; the keys and shapes do."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+
+def run_smoke(script, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), "--smoke"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    record = json.loads(lines[-1])
+    assert record["mode"] == "smoke"
+    environment = record["environment"]
+    assert environment["TF_NUM_INTRAOP_THREADS"] >= 1 and environment["TF_NUM_INTEROP_THREADS"] >= 1
+    assert environment["tensorflow"].startswith("2.15") and len(environment["loadavg"]) == 3
+    return record, result.stdout
+
+
+def test_train_throughput_smoke():
+    record, stdout = run_smoke("train_throughput.py")
+    assert record["ratio_vs_tf_function"] > 0 and record["ratio_vs_naive_k1"] > 0
+    for model in ("dcgan", "mlp"):
+        result = record["models"][model]
+        assert set(result["variants"]) == {"product", "tf_function", "naive_k1"}
+        assert result["params"]["generator"] > 0 and result["params"]["discriminator"] > 0
+        assert all(v["steps_per_s"] > 0 and v["examples_per_s"] > 0 for v in result["variants"].values())
+    assert "product x" in stdout and "tf_function" in stdout
+
+
+def test_input_pipeline_smoke():
+    record, _ = run_smoke("input_pipeline.py")
+    sources = record["sources"]
+    assert {"digits", "mixture2d", "npy", "images", "tfrecord", "images (no cache)"} <= set(sources)
+    assert all(s["pipeline_examples_per_s"] > 0 and s["training_examples_per_s"] > 0 for s in sources.values())
+    assert record["min_ratio"] == min(s["ratio"] for s in sources.values())
+
+
+def test_serving_smoke():
+    record, _ = run_smoke("serving.py")
+    assert record["max_abs_difference"] < 1e-5  # the export serves the checkpoint's generator
+    assert set(record["callers"]) == {"exported", "exported_session", "in_process"}
+    for key in ("ratio_batch1_p50", "ratio_batch1_p99", "ratio_batch64_throughput"):
+        assert record[key] > 0
+
+
+def test_scaling_smoke():
+    record, _ = run_smoke("scaling.py")
+    assert [(p["axis"], p["image_size"]) for p in record["points"]] == [("batch", 28), ("image", 16)]
+    assert all(p["product_ms_per_step"] > 0 and p["tf_function_ms_per_step"] > 0 for p in record["points"])
