@@ -219,16 +219,16 @@ class ExportConfig(_Strict):
     training mode over `standing_batches` noise batches), without touching the checkpoints.
     """
 
-    standing_statistics: bool = True
-    standing_batches: int = Field(50, ge=1)
-    standing_batch_size: int = Field(256, ge=2)
+    standing_statistics: bool = Field(True, description="Recompute G's batch-norm statistics for the exported weights before export.")
+    standing_batches: int = Field(50, ge=1, description="Noise batches averaged for the standing statistics.")
+    standing_batch_size: int = Field(256, ge=2, description="Samples per standing-statistics batch.")
     max_count: int = Field(4096, ge=1, description="Largest `count` the seed signatures accept.")
     during_training: Literal["never", "checkpoint", "best"] = Field(
         "never", description="Export after every checkpoint, or when `best_metric` improves.")
     dir: Optional[str] = Field(None, description="Training-time exports (default: <model_dir>/export).")
     keep: int = Field(5, ge=1, description="Versions kept by training-time exports.")
     best_metric: str = Field("loss/generator", description="An EVAL metric name.")
-    best_mode: Literal["min", "max"] = "min"
+    best_mode: Literal["min", "max"] = Field("min", description="Whether a lower or a higher `best_metric` is better.")
     eval_steps: int = Field(20, ge=1, description="EVAL batches per `best` check.")
     tflite: bool = Field(False, description="Also write the noise signature as TFLite.")
 
@@ -245,13 +245,13 @@ class EvalConfig(_Strict):
     every_checkpoints: int = Field(0, ge=0, description="Evaluate every n-th checkpoint while training (0: off).")
     num_samples: int = Field(1000, ge=10, description="Generated samples, and real reference samples.")
     eval_batches: int = Field(20, ge=1, description="Batches of the Estimator EVAL pass (losses, D accuracy).")
-    classifier_epochs: int = Field(3, ge=1)
+    classifier_epochs: int = Field(3, ge=1, description="Training epochs of the offline feature classifier.")
     classifier_cache: Optional[str] = Field(
         None, description="Feature classifier .keras file (default: <model_dir>/eval/feature_classifier-<hash>.keras).")
-    kid_subset_size: int = Field(1000, ge=2)
-    kid_num_subsets: int = Field(10, ge=1)
+    kid_subset_size: int = Field(1000, ge=2, description="KID: samples per subset.")
+    kid_num_subsets: int = Field(10, ge=1, description="KID: subsets averaged.")
     mode_std_k: float = Field(3.0, gt=0, description="2D mixture: high quality = within k std of a mode centre.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the generated samples and the feature classifier.")
 
 
 class DistributeConfig(_Strict):
@@ -269,7 +269,8 @@ class DistributeConfig(_Strict):
       `ps`); `data.batch_size` is the global batch over all replicas of all workers.
     """
 
-    strategy: Literal["none", "parameter_server", "mirrored", "multi_worker_mirrored"] = "none"
+    strategy: Literal["none", "parameter_server", "mirrored", "multi_worker_mirrored"] = Field(
+        "none", description="How training is spread (see the section docstring).")
     num_devices: Optional[int] = Field(
         None, ge=1, description="mirrored: replicas (default: all GPUs, else 1 CPU); "
                                 "CPU-only machines get that many CPU devices.")
