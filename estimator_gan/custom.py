@@ -117,7 +117,9 @@ def keras_network(build_model: Callable) -> Callable:
     called as `model(inputs, training=mode == TRAIN)`, or `model([inputs, labels], ...)` when
     `model.conditional` is set. In TRAIN mode its new updates (batch-norm moving statistics) go
     to `UPDATE_OPS`, where the model_fns collect them for that role's update only.
-    A discriminator may return logits `[B]` or `[B, 1]`.
+    A discriminator may return logits `[B]` or `[B, 1]`. The generator EMA
+    (`model.generator.ema_decay`) does not apply to a Keras generator: its weights bypass the
+    variable-scope getter that PREDICT reads the EMA through, so it is skipped (with a warning).
     """
     takes_params = bool(inspect.signature(build_model).parameters)
     models: "weakref.WeakKeyDictionary[tf.Graph, dict]" = weakref.WeakKeyDictionary()
@@ -148,6 +150,7 @@ def keras_network(build_model: Callable) -> Callable:
                         v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, update)
         return outputs
 
+    network.is_keras_network = True
     network.__name__ = getattr(build_model, "__name__", "keras_network")
     network.__module__ = build_model.__module__
     network.__doc__ = build_model.__doc__

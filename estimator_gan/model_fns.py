@@ -117,7 +117,14 @@ def uses_ema(mode, params, use_ema: Optional[bool] = None) -> bool:
     gcfg = _config(params).model.generator
     if use_ema is None:
         use_ema = mode != ModeKeys.TRAIN and gcfg.inference_weights == "ema"
-    return bool(use_ema) and gcfg.ema_decay is not None
+    return bool(use_ema) and ema_decay(params) is not None
+
+
+def ema_decay(params) -> Optional[float]:
+    """The generator EMA decay in force: the config's, or None for a Keras generator (its
+    variables bypass the variable-scope getter through which PREDICT reads the shadows)."""
+    gen_fn, _ = _networks(params)
+    return None if getattr(gen_fn, "is_keras_network", False) else _config(params).model.generator.ema_decay
 
 
 def _ema_getter(getter, name, *args, **kwargs):
@@ -172,6 +179,8 @@ def _checked_call(scope, call):
     which would silently break weight sharing and var_list separation."""
     existing = role_variables(scope, trainable=False)
     out, new = _collection_delta(v1.GraphKeys.GLOBAL_VARIABLES, call)
+    # The EMA generator's first call makes its shadows (weights and batch-norm statistics).
+    new = [v for v in new if not v.op.name.endswith("/" + EMA_SUFFIX)]
     names = ", ".join(v.op.name for v in new[:3]) + (", ..." if len(new) > 3 else "")
     fix = ("build layers with tf.compat.v1.get_variable or tf.compat.v1.layers, or wrap a Keras "
            "model with estimator_gan.keras_network")
@@ -277,7 +286,7 @@ def ema_variable(var) -> tf.Variable:
 def _update_ema(params, after, batch_size, labels):
     """Once `after` (a G update) has run: move every shadow towards its G variable, then update
     the EMA generator's batch-norm statistics on a fresh noise batch."""
-    decay = _config(params).model.generator.ema_decay
+    decay = ema_decay(params)
     if decay is None:
         return after
     with tf.control_dependencies([after]):

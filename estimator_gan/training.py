@@ -15,6 +15,7 @@ import inspect
 import os
 import sys
 import time
+import warnings
 from typing import Callable, Iterable, List, Optional
 
 import numpy as np
@@ -267,7 +268,10 @@ class GAN:
                  generator_fn=None, discriminator_fn=None, loss=None):
         self.config = resolve_config(config).model_copy(deep=True)
         overrides = self._custom_parts(generator_fn, discriminator_fn, loss)
-        check_labels(self.config)
+        if self.config.model.generator.ema_decay is not None and model_fns.ema_decay(
+                {"config": self.config, **overrides}) is None:
+            warnings.warn("model.generator.ema_decay does not apply to a Keras generator "
+                          "(keras_network); training and serving use its raw weights", stacklevel=2)
         if run_config is None:
             if model_dir is None:
                 raise ValueError("GAN needs a model_dir or a run_config with one")
@@ -351,6 +355,8 @@ class GAN:
             return self._train(cluster, is_chief, input_fn, max_steps, hooks, progress, stream)
 
     def _train(self, cluster, is_chief, input_fn, max_steps, hooks, progress, stream) -> int:
+        if input_fn is None:
+            check_labels(self.config)
         if is_chief:
             check_model_dir(self.config, self.model_dir)
             reliability.remove_partial_files(self.model_dir)

@@ -91,8 +91,9 @@ def test_custom_pair_shares_weights_between_calls_and_graphs(pair, tmp_path):
     train_d = [n for n in _names(train, "discriminator") if "D_Adam" not in n]
     train_g = [n for n in _names(train, "generator") if "G_Adam" not in n]
     # Same variables whether D is called once (PREDICT) or four times (TRAIN), and the same
-    # names in every graph, so checkpoints restore across the three Estimators.
-    assert train_d == d_vars and train_g == g_vars
+    # names in every graph, so checkpoints restore across the three Estimators (PREDICT reads
+    # G's EMA shadows where the generator keeps them).
+    assert train_d == d_vars and set(g_vars) <= set(train_g)
 
 
 @pytest.mark.parametrize("pair", sorted(PAIRS))
