@@ -46,7 +46,11 @@ def main():
     args = parser.parse_args()
 
     config = eg.load_config(os.path.join(REPO, "configs", "mnist_dcgan.yaml"),
-                            [f"data.path={args.data}", f"train.max_steps={args.steps}"])
+                            [f"data.path={args.data}", f"train.max_steps={args.steps}",
+                             # Keras networks: no generator EMA (see eg.keras_network), and no
+                             # in-training metrics (their eager Keras classifier cannot share a
+                             # process with graph-mode Keras models): run `estimator-gan evaluate`.
+                             "model.generator.ema_decay=null", "eval.every_checkpoints=0"])
     gan = eg.GAN(config, model_dir=args.model_dir,
                  generator_fn=eg.keras_network(build_generator),
                  discriminator_fn=eg.keras_network(build_discriminator))
