@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import re
 import weakref
 
 import numpy as np
@@ -177,6 +178,10 @@ def discriminator(samples, labels, mode, params):
 def _checked_call(scope, call):
     """Run a network; refuse one that makes variables outside its scope or on a repeated call,
     which would silently break weight sharing and var_list separation."""
+    if tf.distribute.has_strategy():
+        # Mirrored variables add per-replica components to the collection; the single-device
+        # graphs (PREDICT, EVAL, any first run) have made the check already.
+        return tf.convert_to_tensor(call())
     existing = role_variables(scope, trainable=False)
     out, new = _collection_delta(v1.GraphKeys.GLOBAL_VARIABLES, call)
     # The EMA generator's first call makes its shadows (weights and batch-norm statistics).
@@ -279,7 +284,9 @@ def ema_variable(var) -> tf.Variable:
     """The moving-average shadow of a generator variable. Its initializer reuses the variable's
     initial-value tensor, so one initializer run (the Estimator's) gives both the same value."""
     with v1.variable_scope(v1.VariableScope(reuse=v1.AUTO_REUSE, name="")):
-        return v1.get_variable(f"{var.op.name}/{EMA_SUFFIX}", initializer=var.initial_value,
+        # Under MirroredStrategy `var.op` is the current replica's component (`.../replica_1`).
+        name = re.sub(r"/replica_\d+$", "", var.op.name)
+        return v1.get_variable(f"{name}/{EMA_SUFFIX}", initializer=var.initial_value,
                                trainable=False, aggregation=tf.VariableAggregation.MEAN)
 
 
