@@ -128,16 +128,23 @@ def synthetic_image_overrides(workdir: str, size: int, channels: int, count: int
     return ["data.source=npy", f"data.path={path}", f"data.image_size={size}", f"data.channels={channels}"]
 
 
+# The baselines are plain DCGAN/MLP pairs: the product runs the same networks, without the
+# extras the baselines do not have (spectral norm, generator EMA, PacGAN packing, in-training
+# evaluation), so both sides do the same work per step.
+PLAIN = ["model.discriminator.spectral_norm=false", "model.generator.ema_decay=null",
+         "model.discriminator.packing=1", "eval.every_checkpoints=0"]
+
+
 def dcgan_config(workdir: str, *overrides: str) -> config_lib.Config:
-    """The shipped MNIST DCGAN job (configs/mnist_dcgan.yaml) on MNIST-sized data."""
+    """The shipped MNIST DCGAN job (configs/mnist_dcgan.yaml) on MNIST-sized data, plain."""
     return training.resolve_config(config_lib.load_config(
-        os.path.join(CONFIGS, "mnist_dcgan.yaml"), mnist_data_overrides(workdir) + list(overrides)))
+        os.path.join(CONFIGS, "mnist_dcgan.yaml"), mnist_data_overrides(workdir) + PLAIN + list(overrides)))
 
 
 def mlp_config(*overrides: str) -> config_lib.Config:
-    """The shipped 2D MLP job (configs/mixture_ring.yaml)."""
+    """The shipped 2D MLP job (configs/mixture_ring.yaml), plain."""
     return training.resolve_config(config_lib.load_config(
-        os.path.join(CONFIGS, "mixture_ring.yaml"), list(overrides)))
+        os.path.join(CONFIGS, "mixture_ring.yaml"), PLAIN + list(overrides)))
 
 
 def examples_per_step(config: config_lib.Config) -> int:
