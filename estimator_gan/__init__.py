@@ -41,6 +41,12 @@ _EXPORTS = {
     "images_input_fn": "estimator_gan.inputs",
     "tfrecord_input_fn": "estimator_gan.inputs",
     "npy_input_fn": "estimator_gan.inputs",
+    # serving
+    "noise_receiver_fn": "estimator_gan.export",
+    "generator_receiver_fn": "estimator_gan.export",
+    "discriminator_receiver_fn": "estimator_gan.export",
+    "load_generator": "estimator_gan.export",
+    "ExportError": "estimator_gan.export",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

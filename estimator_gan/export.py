@@ -481,6 +481,9 @@ def _assertion_message(err: tf.errors.OpError) -> str:
 
 
 def load_generator(path: str) -> ServedGenerator:
+    """An exported generator (an export dir, its `generator/` dir or one version; the highest
+    version is picked), with `from_seed` / `from_noise` calls that check their inputs and raise
+    one-line `ExportError`s."""
     return ServedGenerator(path)
 
 

@@ -403,6 +403,12 @@ class GAN:
         if cluster.is_chief and dcfg.export_at_end:
             self.last_export = distributed.export_generator(self, os.path.join(self.model_dir, "export"))
 
+    def export(self, export_dir: str, checkpoint_path: Optional[str] = None, tflite: Optional[bool] = None):
+        """Export the latest checkpoint (or `checkpoint_path`) for TensorFlow Serving as a new
+        version under `export_dir/generator/` and `export_dir/discriminator/` (see
+        `estimator_gan.export.export`); returns the `ExportResult`."""
+        return export.export(self, export_dir, checkpoint_path=checkpoint_path, tflite=tflite)
+
     def global_step(self) -> int:
         """The latest checkpoint's global step (0 before the first)."""
         return reliability.checkpoint_step(self.model_dir)
