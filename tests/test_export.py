@@ -327,3 +327,9 @@ def test_export_and_generate_commands(trained, tmp_path, capsys):
     assert cli.main(["export", "--model-dir", gan.model_dir, "--export-dir", exports,
                      "--set", "model.z_dim=9"]) == 2
     assert "export cannot change the architecture (model.z_dim" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    assert cli.main(["export", "--model-dir", gan.model_dir, "--export-dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "a_file" in err and "not a directory" in err and a_file.read_text() == "not a directory"
