@@ -54,8 +54,8 @@ from estimator_gan import nets
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
-GENERATOR = "generator"
-DISCRIMINATOR = "discriminator"
+GENERATOR = model_fns.GENERATOR_SCOPE  # export layout dirs are named after the roles
+DISCRIMINATOR = model_fns.DISCRIMINATOR_SCOPE
 TFLITE = "tflite"
 TFLITE_FILENAME = "generator.tflite"
 INFO_FILENAME = "export_info.json"
