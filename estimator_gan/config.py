@@ -1,29 +1,52 @@
 """One validated configuration object, from a YAML file to every `model_fn`'s `params`.
 
-A run is described by a `Config` (data, model, loss, train). It is loaded from YAML with
-`load_config`, adjusted by dotted `--set key=value` overrides, validated (unknown keys and
-out-of-range values are refused), and saved as `config.yaml` beside the checkpoints so that a
-model directory always says how it was made. The defaults are the offline default job: a small
-DCGAN on scikit-learn's bundled digits.
+A run is described by a `Config` (data, model, loss, train, export, eval, distribute). It is
+loaded from YAML with `load_config` (a path, or the name of a shipped config such as
+`mnist_dcgan`), adjusted by dotted `--set key=value` overrides, validated (unknown keys,
+out-of-range values and `true` where a number belongs are refused), and saved as `config.yaml`
+beside the checkpoints so that a model directory always says how it was made. The defaults are
+the offline default job: a small DCGAN on scikit-learn's bundled digits.
+
+Files are read and written through `fileio`, so a config or model directory may be on any
+filesystem TensorFlow knows (`gs://`, `s3://`, `ram://`, ...).
 """
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import typing
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from estimator_gan import fileio
+from estimator_gan.data import sources
+from estimator_gan.errors import ConfigError
+from estimator_gan.model import losses
+
 CONFIG_FILENAME = "config.yaml"
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, with a one-line message that names the offending field."""
+def _numeric(annotation) -> bool:
+    """Whether a field holds numbers (so YAML's true/false must not pass as 1/0)."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in typing.get_args(annotation) if a is not type(None))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value, info):
+        field = cls.model_fields.get(info.field_name)
+        flat = value if isinstance(value, list) else [value]
+        if field is not None and _numeric(field.annotation) and any(isinstance(v, bool) for v in flat):
+            raise ValueError("expected a number, not true/false")
+        return value
 
 
 class MixtureConfig(_Strict):
@@ -44,8 +67,6 @@ class MixtureConfig(_Strict):
 
     def centres(self) -> List[Tuple[float, float]]:
         """The mode centres, in the order the data source and the mode metrics use."""
-        import math
-
         if self.kind == "ring":
             return [
                 (self.radius * math.cos(2 * math.pi * k / self.modes),
@@ -82,8 +103,10 @@ class DataConfig(_Strict):
     `batch_size / num_replicas_in_sync` examples.
     """
 
-    source: Literal["digits", "mixture2d", "mnist", "images", "tfrecord", "npy"] = Field(
-        "digits", description="Where real examples come from (see the README's data sources).")
+    source: str = Field(
+        "digits", description="Where real examples come from: "
+                              + ", ".join(f"`{n}`" for n in sources.names())
+                              + " (see the README's data sources).")
     path: Optional[str] = Field(None, description="File or folder for mnist/images/tfrecord/npy.")
     labels_path: Optional[str] = Field(None, description="npy: optional label array file.")
     image_size: Optional[int] = Field(
@@ -100,6 +123,17 @@ class DataConfig(_Strict):
     mixture: MixtureConfig = MixtureConfig()
     split: Optional[SplitConfig] = Field(
         None, description="Use one part of a seeded split of the examples (not for tfrecord).")
+
+    def mixture_centres(self) -> Optional[List[Tuple[float, float]]]:
+        """The mode centres of 2D mixture data (for plots and mode metrics), else None."""
+        return self.mixture.centres() if self.source == "mixture2d" else None
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v):
+        if v not in sources.names():
+            raise ValueError(f"unknown data source {v!r}; choose one of {', '.join(sources.names())}")
+        return v
 
     @field_validator("channels")
     @classmethod
@@ -173,8 +207,6 @@ class LossConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from estimator_gan import losses
-
         if v not in losses.registered_losses() and ":" not in v:
             raise ValueError(
                 f"unknown loss {v!r}; choose one of {', '.join(losses.registered_losses())}")
@@ -209,6 +241,16 @@ class TrainConfig(_Strict):
     stop_grace_secs: float = Field(
         25.0, gt=0, description="After SIGTERM/SIGINT, exit at once if the clean stop (finish the "
         "step, save a checkpoint) takes longer than this (preemption notices give ~30 s).")
+    max_minutes: Optional[float] = Field(
+        None, gt=0, description="Time budget: after this many minutes of wall time, stop like "
+        "SIGTERM does (finish the run, save a checkpoint, exit 0); a rerun continues (null: none).")
+    steps_per_run: int = Field(
+        1, ge=1, description="Global steps per session.run, in one in-graph loop (single-process "
+        "training; lowered to divide the log, summary and checkpoint intervals). Does not change "
+        "what is computed.")
+    reuse_fakes: bool = Field(
+        False, description="The G update reuses the generated batch (and its forward pass) of the "
+        "step's last D update instead of running G again: G's weights have not changed since.")
 
 
 class ExportConfig(_Strict):
@@ -320,7 +362,7 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _format_validation_error(err: ValidationError, what: str = "config") -> str:
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"
@@ -331,7 +373,15 @@ def _format_validation_error(err: ValidationError) -> str:
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.replace(prefix, "")
             parts.append(f"{where}: {msg} (got {e.get('input')!r})")
-    return "invalid config: " + "; ".join(parts)
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def data_config(what: str = "data section", **fields) -> DataConfig:
+    """A validated `DataConfig` from keyword fields; `ConfigError` naming `what` otherwise."""
+    try:
+        return DataConfig(**fields)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, what)) from None
 
 
 def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
@@ -366,8 +416,7 @@ def parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, Any]]:
 
 
 def config_from_dict(tree: Optional[Dict[str, Any]], overrides: Sequence[str] = ()) -> Config:
-    tree = dict(tree or {})
-    tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy of plain data
+    tree = yaml.safe_load(yaml.safe_dump(dict(tree or {})))  # deep copy of plain data
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
     try:
@@ -376,56 +425,77 @@ def config_from_dict(tree: Optional[Dict[str, Any]], overrides: Sequence[str] = 
         raise ConfigError(_format_validation_error(err)) from None
 
 
+def shipped_configs() -> List[str]:
+    """Names of the configs that ship with the package (`load_config` takes them by name)."""
+    return sorted(n[:-len(".yaml")] for n in os.listdir(SHIPPED_DIR) if n.endswith(".yaml"))
+
+
+def config_path(name_or_path: str) -> str:
+    """The file a `--config` value means: a path to a YAML file, else a shipped config's name
+    (with or without `.yaml`)."""
+    path = os.path.expanduser(str(name_or_path))
+    if fileio.isdir(path):
+        raise ConfigError(f"config path {path} is a directory, not a YAML file")
+    if fileio.exists(path):
+        return path
+    name = os.path.basename(path)
+    name = name[:-len(".yaml")] if name.endswith(".yaml") else name
+    if os.sep not in str(name_or_path).rstrip(os.sep) and name in shipped_configs():
+        return os.path.join(SHIPPED_DIR, name + ".yaml")
+    raise ConfigError(f"config file not found: {name_or_path} (shipped configs: "
+                      f"{', '.join(shipped_configs())})")
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    """Load a YAML config (a path or a shipped config's name; the defaults when None) and
+    apply dotted overrides."""
     tree: Dict[str, Any] = {}
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
+        path = config_path(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                tree = yaml.safe_load(f) or {}
+            tree = yaml.safe_load(fileio.read_text(path)) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a text file") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return config_from_dict(tree, overrides)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a partial one."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never a partial one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_config(config: Config, model_dir: str) -> str:
-    path = os.path.join(model_dir, CONFIG_FILENAME)
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
+    """Write the effective config as `<model_dir>/config.yaml` (atomically)."""
+    path = fileio.join(model_dir, CONFIG_FILENAME)
+    return fileio.atomic_write(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def load_model_dir_config(model_dir: str) -> Config:
     """The effective config saved in a model directory by a training run."""
-    path = os.path.join(model_dir, CONFIG_FILENAME)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{model_dir} has no {CONFIG_FILENAME}: is it a model directory written by estimator-gan?")
+    path = fileio.join(model_dir, CONFIG_FILENAME)
+    if not fileio.isfile(path):
+        raise ConfigError(f"{model_dir} has no {CONFIG_FILENAME}: is it a model directory "
+                          "written by estimator-gan?")
     return load_config(path)
+
+
+def resolve(config: Config) -> Config:
+    """Fill in what the data decides (the sample shape; a conditional model's class count) so
+    the config fully fixes the model. Reads no data when both are already set (e.g. a model
+    directory's config), and at most an npy file's header otherwise."""
+    if config.model.sample_shape is not None and (
+            not config.model.conditional or config.model.num_classes is not None):
+        return config
+    config = config.model_copy(deep=True)
+    if config.model.sample_shape is None:
+        config.model.sample_shape = list(sources.sample_shape(config.data))
+    if config.model.conditional and config.model.num_classes is None:
+        classes = sources.num_classes(config.data)
+        if classes is None:
+            raise ConfigError(
+                f"model.conditional needs class labels, but data.source={config.data.source} "
+                "has none (or an unknown count): set model.num_classes or use a labelled source")
+        config.model.num_classes = classes
+    return config
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:

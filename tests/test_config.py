@@ -7,7 +7,7 @@ import yaml
 from estimator_gan import config as config_lib
 from estimator_gan.config import ConfigError, load_config
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = config_lib.SHIPPED_DIR
 
 
 def test_defaults_are_the_offline_default_job():
@@ -17,9 +17,33 @@ def test_defaults_are_the_offline_default_job():
     assert config.loss.name == "non_saturating"
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")))
+@pytest.mark.parametrize("name", config_lib.shipped_configs())
 def test_shipped_configs_load(name):
-    load_config(os.path.join(CONFIG_DIR, name))
+    """Loading means: every key is known and valid, the file sets what it says it sets, and the
+    same config comes back by name, by path, and after a round trip through config.yaml."""
+    path = os.path.join(CONFIG_DIR, name + ".yaml")
+    raw = yaml.safe_load(open(path))
+    config = load_config(path)
+    assert load_config(name) == config == load_config(name + ".yaml")
+    assert config_lib.config_from_dict(config.to_dict()) == config
+    for section, values in raw.items():
+        for key, value in values.items():
+            loaded = getattr(getattr(config, section), key)
+            if isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    assert getattr(loaded, sub) == sub_value, f"{section}.{key}.{sub}"
+            else:
+                assert loaded == value, f"{section}.{key}"
+    assert config.data.source == raw["data"]["source"]
+    assert config.train.max_steps == raw["train"]["max_steps"]
+
+
+def test_config_by_name_path_and_mistakes(tmp_path):
+    assert load_config("mixture_ring").data.source == "mixture2d"
+    with pytest.raises(ConfigError, match=r"config file not found: nope \(shipped configs: digits_dcgan, "):
+        load_config("nope")
+    with pytest.raises(ConfigError, match=f"config path {tmp_path} is a directory, not a YAML file"):
+        load_config(str(tmp_path))
 
 
 def test_dotted_overrides_parse_yaml_values():
@@ -40,6 +64,9 @@ def test_dotted_overrides_parse_yaml_values():
     (["loss.name=fancy"], "unknown loss 'fancy'"),
     (["data.mixture.kind=grid", "data.mixture.modes=8"], "square number of modes"),
     (["train.max_steps"], "expected key=value"),
+    (["data.batch_size=true"], "data.batch_size: expected a number, not true/false"),
+    (["model.generator.hidden_units=[4, false]"], "model.generator.hidden_units: expected a number"),
+    (["data.source=pictures"], "unknown data source 'pictures'; choose one of digits, mixture2d"),
 ])
 def test_bad_values_give_one_line_errors_naming_the_field(overrides, fragment):
     with pytest.raises(ConfigError) as info:

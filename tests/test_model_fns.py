@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import array_input_fn, tiny_config, tiny_images
-from estimator_gan import model_fns
-from estimator_gan.training import GAN
+from estimator_gan.gan import GAN
+from estimator_gan.model import gan as gan_lib
+from estimator_gan.model import model_fns
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -91,14 +92,14 @@ def test_train_op_changes_only_its_own_network(role):
 
 def test_orchestrated_step_updates_both_networks_and_counts_per_network():
     config = tiny_config("train.d_steps=2", "train.g_steps=1")
-    graph, spec = _graph_spec(model_fns.gan_model_fn, ModeKeys.TRAIN, np.stack([tiny_images(8), tiny_images(8, 1)]),
-                              config=config)
+    graph, spec = _graph_spec(model_fns.gan_model_fn, ModeKeys.TRAIN,
+                              np.stack([tiny_images(8), tiny_images(8, 1)])[None], config=config)
     with graph.as_default(), v1.Session(graph=graph) as sess:
         sess.run(v1.global_variables_initializer())
         for _ in range(3):
             sess.run(spec.train_op)
-        counters = {name: sess.run(model_fns.step_counter(name)) for name in
-                    (model_fns.GENERATOR_STEP, model_fns.DISCRIMINATOR_STEP)}
+        counters = {name: sess.run(gan_lib.step_counter(name)) for name in
+                    (gan_lib.GENERATOR_STEP, gan_lib.DISCRIMINATOR_STEP)}
         gstep = sess.run(v1.train.get_global_step())
         beta = {v.op.name: sess.run(v) for v in v1.global_variables() if "beta" in v.op.name}
     assert (gstep, counters["generator_step"], counters["discriminator_step"]) == (3, 3, 6)
@@ -115,10 +116,11 @@ def test_discriminator_shares_weights_between_real_and_fake_branches(tmp_path):
     alone = np.array([p["logits"] for p in gan.discriminator_estimator.predict(
         lambda: tf.data.Dataset.from_tensor_slices(real).batch(8))])
     # The same D, built inside a TRAIN graph next to the fake branch, restored from the checkpoint.
-    graph, spec = _graph_spec(model_fns.gan_model_fn, ModeKeys.TRAIN, real[None], config=gan.config)
+    graph, spec = _graph_spec(model_fns.gan_model_fn, ModeKeys.TRAIN, real[None, None], config=gan.config)
     with graph.as_default():
         d_vars_train = v1.get_collection(v1.GraphKeys.TRAINABLE_VARIABLES, scope="discriminator/")
-        logits, _ = model_fns.discriminator(tf.constant(real), None, ModeKeys.TRAIN, gan.params)
+        parts = gan_lib.GANParts.from_params(gan.params)
+        logits = parts.discriminator(tf.constant(real), None, ModeKeys.TRAIN).outputs
         assert len(v1.get_collection(v1.GraphKeys.TRAINABLE_VARIABLES, scope="discriminator/")) == len(d_vars_train)
         with v1.Session() as sess:
             v1.train.Saver().restore(sess, tf.train.latest_checkpoint(str(tmp_path)))
@@ -182,3 +184,36 @@ def test_mlp_pair_on_points_with_every_loss(tmp_path):
         gan.train(array_input_fn(points), max_steps=2, progress=False)
         samples = gan.generate(5)
         assert samples.shape == (5, 2) and np.all(np.isfinite(samples))
+
+
+@pytest.mark.parametrize("reuse_fakes", [False, True])
+def test_generator_update_sees_the_discriminator_after_its_steps_update(reuse_fakes):
+    """The G loss a step reports is G's loss through D *after* that step's D update (and,
+    with `train.reuse_fakes`, on the fakes of that D update): recomputed here with D's
+    updated weights it matches; with D's weights from before the step it does not."""
+    config = tiny_config("model.generator.ema_decay=null", f"train.reuse_fakes={str(reuse_fakes).lower()}")
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.train.create_global_step()
+        parts = gan_lib.GANParts.from_params({"config": config})
+        ops = gan_lib.gan_train_ops(parts, tf.constant(tiny_images(8)[None, None]), None, 1, 1)
+        # The noise of this step's G forward: the D update's (reused) or the G update's own.
+        stream = (1, 0) if reuse_fakes else (2, 0)
+        noise = gan_lib.stateless_normal([8, 8], gan_lib.fold(gan_lib.run_key(config), 0, *stream, 0))
+        fake = parts.generator(noise, None, ModeKeys.TRAIN).outputs
+        recomputed = parts.loss.generator_loss(parts.discriminator(fake, None, ModeKeys.TRAIN).outputs,
+                                               config.loss)
+        g_vars = v1.get_collection(v1.GraphKeys.GLOBAL_VARIABLES, scope="generator/")
+        d_vars = v1.get_collection(v1.GraphKeys.GLOBAL_VARIABLES, scope="discriminator/")
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            g_before, d_before = sess.run(g_vars), sess.run(d_vars)
+            reported = sess.run([ops.train_op, ops.losses.generator])[1]
+            for var, value in zip(g_vars, g_before):
+                var.load(value, sess)  # G as the step's G update saw it
+            after_d_update = sess.run(recomputed)
+            for var, value in zip(d_vars, d_before):
+                var.load(value, sess)
+            before_d_update = sess.run(recomputed)
+    assert reported == pytest.approx(after_d_update, rel=1e-5, abs=1e-6)
+    assert abs(reported - before_d_update) > 1e-5

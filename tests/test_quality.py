@@ -1,16 +1,21 @@
 """Sample-quality features on real TensorFlow: conditional G/D, generator EMA, spectral norm."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import array_input_fn, tiny_config, tiny_images
+from conftest import REPO_ROOT, array_input_fn, tiny_config, tiny_images
 from estimator_gan import config as config_lib
-from estimator_gan import model_fns, nets
-from estimator_gan.training import GAN, resolve_config
+from estimator_gan.evaluation import metrics as metrics_lib
+from estimator_gan.gan import GAN
+from estimator_gan.model import gan as gan_lib
+from estimator_gan.model import model_fns, networks
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
-EMA = model_fns.EMA_SUFFIX
+EMA = gan_lib.EMA_SUFFIX
+resolve_config = config_lib.resolve
 
 
 def _conditional(*overrides, architecture="dcgan"):
@@ -23,12 +28,12 @@ def _variable(graph, name):
     return var
 
 
-def _run_network(config, network, inputs, labels, mode=ModeKeys.PREDICT):
+def _run_network(config, role, inputs, labels, mode=ModeKeys.PREDICT):
     with tf.Graph().as_default():
         tf.random.set_seed(0)
-        params = {"config": config}
+        parts = gan_lib.GANParts.from_params({"config": config})
         label_t = None if labels is None else tf.constant(labels, tf.int32)
-        out, _ = network(tf.constant(inputs), label_t, mode, params)
+        out = getattr(parts, role)(tf.constant(inputs), label_t, mode).outputs
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             return sess.run(out)
@@ -41,21 +46,21 @@ def _run_network(config, network, inputs, labels, mode=ModeKeys.PREDICT):
 def test_labels_change_generator_and_discriminator_outputs(architecture):
     config = _conditional(architecture=architecture)
     noise = np.repeat(np.random.RandomState(0).standard_normal((1, 8)).astype(np.float32), 3, axis=0)
-    samples = _run_network(config, model_fns.generator, noise, [0, 1, 2])
+    samples = _run_network(config, "generator", noise, [0, 1, 2])
     assert not np.allclose(samples[0], samples[1]) and not np.allclose(samples[1], samples[2])
     same = np.repeat(samples[:1], 3, axis=0)
-    logits = _run_network(config, model_fns.discriminator, same, [0, 1, 2])
+    logits = _run_network(config, "discriminator", same, [0, 1, 2])
     assert len(set(np.round(logits, 6))) == 3
 
 
 def test_out_of_range_labels_fail_in_graph_with_a_readable_message():
     noise = np.zeros((2, 8), np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be class ids in \[0, 3\)"):
-        _run_network(_conditional(), model_fns.generator, noise, [1, 3])
+        _run_network(_conditional(), "generator", noise, [1, 3])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids in \[0, 3\)"):
-        _run_network(_conditional(), model_fns.discriminator, tiny_images(2), [-1, 0])
+        _run_network(_conditional(), "discriminator", tiny_images(2), [-1, 0])
     with pytest.raises(ValueError, match="model.conditional is true but no labels"):
-        _run_network(_conditional(), model_fns.generator, noise, None)
+        _run_network(_conditional(), "generator", noise, None)
 
 
 def test_conditional_config_takes_the_class_count_from_the_data():
@@ -97,9 +102,9 @@ def test_ema_follows_the_decay_formula_after_each_generator_update():
     graph = tf.Graph()
     with graph.as_default():
         v1.train.create_global_step()
-        spec = model_fns.gan_model_fn(tf.constant(tiny_images(8)[None]), None, ModeKeys.TRAIN,
+        spec = model_fns.gan_model_fn(tf.constant(tiny_images(8)[None, None]), None, ModeKeys.TRAIN,
                                       {"config": config})
-        weights = model_fns.role_variables(model_fns.GENERATOR_SCOPE)
+        weights = gan_lib.role_variables(gan_lib.GENERATOR)
         shadows = [_variable(graph, f"{w.op.name}/{EMA}") for w in weights]
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
@@ -153,8 +158,9 @@ def test_spectral_norm_power_iteration_converges_to_unit_largest_singular_value(
     with tf.Graph().as_default():
         with v1.variable_scope("layer"):
             kernel = v1.get_variable("kernel", initializer=kernel_value)
-            normalized = nets.spectral_normalize(kernel, training=True)
-        (u,), (u_new,) = v1.get_collection(nets.SPECTRAL_NORM_VECTORS), v1.get_collection(nets.SPECTRAL_NORM_UPDATES)
+            normalized = networks.spectral_normalize(kernel, training=True)
+        (u,), (u_new,) = (v1.get_collection(networks.SPECTRAL_NORM_VECTORS),
+                          v1.get_collection(networks.SPECTRAL_NORM_UPDATES))
         step = v1.assign(u, u_new)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
@@ -174,24 +180,29 @@ def _np_power_step(u, kernel):
     return u_new / np.linalg.norm(u_new)
 
 
-def test_spectral_norm_vectors_advance_once_per_discriminator_update_only():
-    config = tiny_config("model.discriminator.spectral_norm=true", "loss.name=wasserstein")
+def _train_op_moves_u(model_fn, features, config):
+    """(u before, W before, u after) of one run of `model_fn`'s train op from initial values."""
     graph = tf.Graph()
     with graph.as_default():
         v1.train.create_global_step()
-        spec = model_fns.gan_model_fn(tf.constant(np.stack([tiny_images(8), tiny_images(8, 1)])),
-                                      None, ModeKeys.TRAIN, {"config": config.model_copy(update={
-                                          "train": config.train.model_copy(update={"d_steps": 2})})})
-        g_only = model_fns.generator_update(8, None, {"config": config})[0]
+        spec = model_fn(tf.constant(features), None, ModeKeys.TRAIN, {"config": config})
         u = _variable(graph, "discriminator/conv0/sn_u")
         kernel = _variable(graph, "discriminator/conv0/kernel")
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             u0, w0 = sess.run([u, kernel])
-            sess.run(g_only)
-            np.testing.assert_array_equal(sess.run(u), u0)  # a G update leaves u alone
-            sess.run(spec.train_op)  # two D updates: two power steps, each from that update's W
-            u2 = sess.run(u)
+            sess.run(spec.train_op)
+            return u0, w0, sess.run(u)
+
+
+def test_spectral_norm_vectors_advance_once_per_discriminator_update_only():
+    config = tiny_config("model.discriminator.spectral_norm=true", "loss.name=wasserstein")
+    u0, _, after_g = _train_op_moves_u(model_fns.generator_model_fn, tiny_images(8), config)
+    np.testing.assert_array_equal(after_g, u0)  # a G update leaves u alone
+    two_d_steps = config.model_copy(update={"train": config.train.model_copy(update={"d_steps": 2})})
+    u0, w0, u2 = _train_op_moves_u(model_fns.gan_model_fn,
+                                   np.stack([tiny_images(8), tiny_images(8, 1)])[None], two_d_steps)
+    # two D updates: two power steps, each from that update's W
     u1 = _np_power_step(u0, w0)
     assert not np.allclose(u2, u1)
     assert np.linalg.norm(u2 - _np_power_step(u1, w0)) < 0.05  # W moved a little in between
@@ -239,15 +250,15 @@ def test_checkpoints_interchange_with_ema_spectral_norm_and_labels(tmp_path):
 
 def test_packing_groups_consecutive_samples_for_the_discriminator():
     x = np.arange(4 * 3 * 3 * 2, dtype=np.float32).reshape(4, 3, 3, 2)
-    packed = nets.pack(tf.constant(x), 2).numpy()
+    packed = networks.pack(tf.constant(x), 2).numpy()
     assert packed.shape == (2, 3, 3, 4)
     np.testing.assert_array_equal(packed[1, ..., 0::2], x[2])
     np.testing.assert_array_equal(packed[1, ..., 1::2], x[3])
-    logits = _run_network(tiny_config("model.discriminator.packing=2"), model_fns.discriminator,
+    logits = _run_network(tiny_config("model.discriminator.packing=2"), "discriminator",
                           tiny_images(6), None)
     assert logits.shape == (3,)
     with pytest.raises(ValueError, match=r"multiple of model.discriminator.packing \(4\), got 6"):
-        _run_network(tiny_config("model.discriminator.packing=4"), model_fns.discriminator,
+        _run_network(tiny_config("model.discriminator.packing=4"), "discriminator",
                      tiny_images(6), None)
     with pytest.raises(config_lib.ConfigError, match=r"data.batch_size \(8\) must be a multiple"):
         tiny_config("model.discriminator.packing=3")
@@ -260,16 +271,11 @@ def test_packing_groups_consecutive_samples_for_the_discriminator():
 
 def test_shipped_ring_config_covers_all_modes(tmp_path):
     """The shipped ring config as a user runs it (seed 0): every mode, most samples sharp."""
-    import os
-
-    from conftest import REPO_ROOT
-    from estimator_gan import evaluation
-
     config = config_lib.load_config(os.path.join(REPO_ROOT, "configs", "mixture_ring.yaml"),
                                     ["train.save_checkpoints_steps=4000"])
     gan = GAN(config, model_dir=str(tmp_path))
     gan.train(progress=False)
-    metrics = evaluation.mixture_mode_metrics(gan.generate(2000, seed=99),
+    metrics = metrics_lib.mixture_mode_metrics(gan.generate(2000, seed=99),
                                               config.data.mixture.centres(), config.data.mixture.std)
     assert metrics["modes_covered"] == 8, metrics["counts"]
     assert metrics["high_quality_share"] > 0.6

@@ -1,5 +1,5 @@
-"""Distributed training: the cluster a process belongs to, the strategy the config asks for, and
-a launcher that runs a whole cluster on 127.0.0.1 for trying it out.
+"""Distributed training: the cluster a process belongs to (`TF_CONFIG`), the strategy the config
+asks for, and the `RunConfig` that carries both to the Estimator.
 
 A distributed job is many processes running the *same* command (`run_train.py ...`), each with
 its own `TF_CONFIG`, e.g. for the chief of a 1-ps / 2-worker job:
@@ -11,36 +11,29 @@ The evaluator is not listed in `cluster`; its task is `{"type": "evaluator", "in
 TensorFlow's own runtime does the work (`tf.estimator.train_and_evaluate`): this module only
 checks `TF_CONFIG` up front (`read_tf_config`, `check_cluster`: one-line `TFConfigError`s before
 any server starts), builds the `tf.distribute` strategy of `config.distribute`
-(`make_strategy`), shards the input per worker under parameter-server training
-(`worker_input_context`), and launches local clusters (`run_local_cluster`).
+(`make_strategy`, `make_run_config`) and shards the input per worker under parameter-server
+training (`worker_input_context`). `runtime.launcher` runs a whole cluster on 127.0.0.1.
 
 How processes end: the chief returns when the global step reaches `max_steps` (and exports);
 workers return at their next step after that; the evaluator returns after evaluating the final
 checkpoint. A `ps` process serves variables until it is killed: whoever launched it stops it
-(by pid, after the chief has finished). `run_local_cluster` does exactly that.
+(by pid, after the chief has finished); `runtime.launcher` does exactly that.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional
 
-from estimator_gan.config import ConfigError, DistributeConfig
+import tensorflow as tf
+
+from estimator_gan.config import Config, DistributeConfig
+from estimator_gan.errors import TFConfigError
 
 CLUSTER_JOBS = ("chief", "worker", "ps")
 TASK_TYPES = CLUSTER_JOBS + ("evaluator",)
 _TF_CONFIG_KEYS = ("cluster", "task", "environment", "rpc_layer")
-
-
-class TFConfigError(ConfigError):
-    """`TF_CONFIG` (or its combination with `distribute.strategy`) cannot work; one line."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +96,13 @@ def read_tf_config(environ: Optional[Mapping[str, str]] = None) -> Optional[Clus
     `evaluator` (or legacy `master`) job inside `cluster`, not exactly one chief, bad or repeated
     addresses, a missing task, a task type/index that is not in the cluster.
     """
-    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
-    if not raw:
+    environ = os.environ if environ is None else environ
+    if "TF_CONFIG" not in environ:
         return None
+    raw = environ["TF_CONFIG"].strip()
+    if not raw:
+        _fail("is set but empty: unset it for a single-process run, or set it to the job's "
+              "cluster and task JSON")
     try:
         tree = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -181,8 +178,6 @@ def check_cluster(cluster: Optional[Cluster], cfg: DistributeConfig) -> None:
 
 
 def _cpu_only() -> bool:
-    import tensorflow as tf
-
     return not tf.config.list_physical_devices("GPU")
 
 
@@ -196,8 +191,6 @@ def make_strategy(cfg: DistributeConfig, cluster: Optional[Cluster] = None):
     changes and it works whatever the process ran before. Its gradients are summed with `ReductionToOneDevice` by default: the all-reduce
     TensorFlow picks by default hangs on the first step with several CPU devices.
     """
-    import tensorflow as tf
-
     if cfg.strategy == "mirrored":
         session_config = None
         if _cpu_only():
@@ -241,170 +234,27 @@ def worker_input_context(cluster: Optional[Cluster], cfg: DistributeConfig):
     index = cluster.worker_index
     if index is None or cluster.num_workers < 2:
         return None
-    import tensorflow as tf
-
     return tf.distribute.InputContext(num_input_pipelines=cluster.num_workers,
                                       input_pipeline_id=index, num_replicas_in_sync=1)
 
 
-# ------------------------------------------------------------------ local cluster launcher
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> List[int]:
-    """`count` distinct ports free on `host` right now (held open together while picking)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def local_tf_configs(workers: int = 1, ps: int = 1, evaluator: bool = False,
-                     host: str = "127.0.0.1") -> List[Tuple[str, int, dict]]:
-    """`(task_type, index, TF_CONFIG)` for every process of a one-machine cluster: one chief,
-    `workers` workers, `ps` parameter servers on free ports, and optionally an evaluator."""
-    if workers < 0 or ps < 0:
-        raise ValueError("workers and ps must be >= 0")
-    ports = iter(free_ports(1 + workers + ps, host))
-    jobs = {"chief": [f"{host}:{next(ports)}"]}
-    if workers:
-        jobs["worker"] = [f"{host}:{next(ports)}" for _ in range(workers)]
-    if ps:
-        jobs["ps"] = [f"{host}:{next(ports)}" for _ in range(ps)]
-    tasks = [(job, i) for job in ("chief", "worker", "ps") for i in range(len(jobs.get(job, [])))]
-    if evaluator:
-        tasks.append(("evaluator", 0))
-    return [(t, i, {"cluster": jobs, "task": {"type": t, "index": i}}) for t, i in tasks]
-
-
-@dataclass
-class ClusterProcess:
-    task_type: str
-    index: int
-    process: subprocess.Popen
-    log_path: str
-    returncode: Optional[int] = None
-    _tee: Optional[threading.Thread] = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return f"{self.task_type}:{self.index}"
-
-
-def _tee(source, log_file, stream: Optional[TextIO]):
-    for line in iter(source.readline, ""):
-        log_file.write(line)
-        log_file.flush()
-        if stream is not None:
-            stream.write(line)
-            stream.flush()
-    source.close()
-    log_file.close()
-
-
-def _stop(proc: ClusterProcess, grace: float = 5.0) -> None:
-    if proc.process.poll() is None:
-        proc.process.send_signal(signal.SIGTERM)
-        try:
-            proc.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.process.kill()
-            proc.process.wait()
-    proc.returncode = proc.process.returncode
-
-
-def _log_tail(path: str, lines: int = 5) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            tail = [l.rstrip() for l in f.readlines() if l.strip()][-lines:]
-    except OSError:
-        return ""
-    return "\n".join("    " + l for l in tail)
-
-
-def run_local_cluster(command: Sequence[str], workers: int = 1, ps: int = 1,
-                      evaluator: bool = False, log_dir: str = "cluster-logs",
-                      timeout: float = 3600, env: Optional[Mapping[str, str]] = None,
-                      stream: Optional[TextIO] = None) -> Tuple[int, List[ClusterProcess]]:
-    """Run `command` as every process of a local cluster and wait for training to end.
-
-    Each process gets its own `TF_CONFIG`; its output goes to `log_dir/<task>-<index>.log`
-    (the chief's is also copied to `stream`). Returns `(status, processes)`: status 0 when
-    the chief, workers and evaluator all exited 0. The ps processes, which never return by
-    themselves, are stopped by pid once the others are done; on a failure, a timeout or
-    Ctrl-C every process still running is stopped.
-    """
-    stream = stream or sys.stdout
-    os.makedirs(log_dir, exist_ok=True)
-    base_env = dict(os.environ if env is None else env)
-    procs: List[ClusterProcess] = []
-    status = 1
-    try:
-        for task_type, index, tf_config in local_tf_configs(workers, ps, evaluator):
-            log_path = os.path.join(log_dir, f"{task_type}-{index}.log")
-            proc_env = dict(base_env, TF_CONFIG=json.dumps(tf_config))
-            process = subprocess.Popen(list(command), env=proc_env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, bufsize=1)
-            proc = ClusterProcess(task_type, index, process, log_path)
-            proc._tee = threading.Thread(
-                target=_tee, daemon=True,
-                args=(process.stdout, open(log_path, "w", encoding="utf-8"),
-                      stream if task_type == "chief" else None))
-            proc._tee.start()
-            procs.append(proc)
-            address = tf_config["cluster"].get(task_type, ["-"])[index] if task_type != "evaluator" else "-"
-            print(f"[cluster] started {proc.name} pid {process.pid} {address} log {log_path}",
-                  file=stream, flush=True)
-        status = _wait_for_training(procs, time.time() + timeout, stream)
-        return status, procs
-    finally:
-        for proc in procs:
-            was_running = proc.process.poll() is None
-            _stop(proc)
-            if was_running:
-                why = "stopped (ps never exits by itself)" if proc.task_type == "ps" else "stopped"
-                print(f"[cluster] {proc.name} {why}", file=stream, flush=True)
-            if proc._tee is not None:
-                proc._tee.join(5)
-
-
-def _wait_for_training(procs: List[ClusterProcess], deadline: float, stream: TextIO) -> int:
-    pending = [p for p in procs if p.task_type != "ps"]
-    while pending:
-        for proc in list(pending):
-            code = proc.process.poll()
-            if code is None:
-                continue
-            proc.returncode = code
-            pending.remove(proc)
-            print(f"[cluster] {proc.name} exited with status {code}", file=stream, flush=True)
-            if code != 0:
-                tail = _log_tail(proc.log_path)
-                print(f"[cluster] {proc.name} failed; last lines of {proc.log_path}:\n{tail}",
-                      file=stream, flush=True)
-                return code
-        if any(p.task_type == "ps" and p.process.poll() is not None for p in procs):
-            ps = next(p for p in procs if p.task_type == "ps" and p.process.poll() is not None)
-            print(f"[cluster] {ps.name} exited early with status {ps.process.returncode}; "
-                  f"last lines of {ps.log_path}:\n{_log_tail(ps.log_path)}", file=stream, flush=True)
-            return ps.process.returncode or 1
-        if time.time() > deadline:
-            print(f"[cluster] timed out waiting for {', '.join(p.name for p in pending)}",
-                  file=stream, flush=True)
-            return 124
-        time.sleep(0.2)
-    return 0
-
-
-def export_generator(gan, export_dir: str) -> str:
-    """The chief's export at the end of a distributed job: a new version of the generator in
-    TF Serving layout under `export_dir/generator/<version>/` (see `estimator_gan.export`:
-    standing batch-norm statistics, atomic rename). Returns the version's directory."""
-    from estimator_gan import export
-
-    return export.export(gan, export_dir, roles=(export.GENERATOR,)).generator
+def make_run_config(config: Config, model_dir: str, cluster: Optional[Cluster] = None,
+                    **overrides) -> tf.estimator.RunConfig:
+    """The RunConfig of a training process: the config's train and distribute sections and the
+    strategy for `cluster` (this process's place in `TF_CONFIG`, which RunConfig also reads)."""
+    train = config.train
+    check_cluster(cluster, config.distribute)
+    train_distribute, session_config = make_strategy(config.distribute, cluster)
+    kwargs = dict(
+        train_distribute=train_distribute,
+        session_config=session_config,
+        experimental_max_worker_delay_secs=config.distribute.max_worker_delay_secs,
+        model_dir=model_dir,
+        tf_random_seed=train.seed,
+        save_checkpoints_steps=train.save_checkpoints_steps,
+        save_summary_steps=train.save_summary_steps,
+        keep_checkpoint_max=train.keep_checkpoint_max,
+        log_step_count_steps=None,
+    )
+    kwargs.update(overrides)
+    return tf.estimator.RunConfig(**kwargs)

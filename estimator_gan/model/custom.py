@@ -12,7 +12,7 @@ fake, in the G update, in a gradient penalty) inside the role's variable scope w
 made on each call makes new variables. `keras_network` adapts a Keras model factory: the model is
 built once per graph and role, and its batch-norm updates are put in `UPDATE_OPS` like the
 built-in batch norm's. A network that makes new variables on a repeated call, or outside its
-scope, is refused with a `NetworkError` (see `model_fns`).
+scope, is refused with a `NetworkError` (see `model.gan`).
 """
 from __future__ import annotations
 
@@ -25,17 +25,12 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
-from estimator_gan.config import ConfigError
+from estimator_gan.errors import ConfigError, NetworkError
 
 v1 = tf.compat.v1
 
 GENERATOR_SIGNATURE = "fn(noise, labels, mode, params) -> samples"
 DISCRIMINATOR_SIGNATURE = "fn(samples, labels, mode, params) -> logits"
-
-
-class NetworkError(ValueError):
-    """A user network misbehaved while its graph was built (new variables on a repeated call,
-    variables outside its scope, wrong output shape); one line naming the problem."""
 
 
 def resolve(path: str, what: str) -> Any:

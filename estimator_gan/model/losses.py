@@ -12,23 +12,26 @@ Register your own with `register_loss(name, discriminator_loss, generator_loss)`
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import tensorflow as tf
 
-from estimator_gan import custom
-from estimator_gan.config import ConfigError
+from estimator_gan.errors import ConfigError
+from estimator_gan.model import custom
 
 
 class DiscriminatorLossInputs(NamedTuple):
-    """What a discriminator loss gets: logits `[B]` on real and fake batches, the batches, and
-    `discriminator(samples) -> logits`, D with the same weights (e.g. for a gradient penalty)."""
+    """What a discriminator loss gets: logits `[B]` on real and fake batches, the batches,
+    `discriminator(samples) -> logits`, D with the same weights (e.g. for a gradient penalty),
+    and `seed`, an int64 `[2]` key for stateless random ops (`tf.random.stateless_*`), unique
+    to this update: randomness drawn from it is the same when a run is resumed."""
 
     real_logits: tf.Tensor
     fake_logits: tf.Tensor
     real: tf.Tensor
     fake: tf.Tensor
     discriminator: Callable[[tf.Tensor], tf.Tensor]
+    seed: Optional[tf.Tensor] = None
 
 
 class GANLoss(NamedTuple):
@@ -108,7 +111,10 @@ def gradient_penalty(inputs: DiscriminatorLossInputs) -> tf.Tensor:
     """WGAN-GP: E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates of real and fake."""
     real, fake = inputs.real, tf.stop_gradient(inputs.fake)
     eps_shape = [tf.shape(real)[0]] + [1] * (real.shape.rank - 1)
-    eps = tf.random.uniform(eps_shape, 0.0, 1.0)
+    if inputs.seed is None:
+        eps = tf.random.uniform(eps_shape, 0.0, 1.0)
+    else:
+        eps = tf.random.stateless_uniform(eps_shape, seed=inputs.seed)
     interpolates = real + eps * (fake - real)
     logits = inputs.discriminator(interpolates)
     grads = tf.gradients(tf.reduce_sum(logits), [interpolates])[0]

@@ -1,18 +1,18 @@
-"""Pictures a person looks at: sample grids and 2D scatter plots, written as PNG with Pillow.
+"""Pictures a person looks at: sample grids, 2D scatter plots and metric charts, as PNG.
 
-Files are written atomically (temporary name, then rename), so a viewer or a crash never sees a
-half-written PNG.
+Drawn with Pillow; `save_png` writes through `fileio.atomic_write`, so a viewer or a crash never
+sees a half-written picture, on any filesystem a model directory may live on.
 """
 from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from estimator_gan import fileio
 
 
 def to_uint8(samples: np.ndarray) -> np.ndarray:
@@ -76,18 +76,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def save_png(image: Image.Image, path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png_bytes(image))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return fileio.atomic_write(path, png_bytes(image))
 
 
 def samples_picture(samples: np.ndarray, centres=None) -> Image.Image:
@@ -101,8 +90,6 @@ def samples_picture(samples: np.ndarray, centres=None) -> Image.Image:
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font

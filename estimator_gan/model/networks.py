@@ -1,4 +1,5 @@
-"""Built-in networks: plain functions of tensors, an MLP pair and a DCGAN pair.
+"""Built-in networks: plain functions of tensors, an MLP pair and a DCGAN pair, and the layers
+they are made of.
 
 Every network has the signature the model_fns call:
 
@@ -11,6 +12,14 @@ names its layers and can be called any number of times with the same weights. Va
 with `tf.compat.v1.get_variable`; batch norm puts its moving-statistics updates in the
 `UPDATE_OPS` collection when `mode` is TRAIN and uses the moving statistics otherwise.
 
+What a TRAIN-mode call leaves for its caller (`model.gan` reads it right after the call, as the
+model_fns read `UPDATE_OPS`): each `batch_norm` its moving statistics and batch moments in the
+`BATCH_NORM_*` collections (for standing statistics), each spectrally normalised weight its
+power-iteration vector and that vector's one-step update in the `SPECTRAL_NORM_*` collections.
+
+Adding an architecture: write its generator and discriminator here and add the pair to
+`ARCHITECTURES` (the name `model.architecture` takes).
+
 Conditional models (`model.conditional`) get int32 class ids `labels` [B] in
 [0, model.num_classes): the generator concatenates a one-hot code to the noise and uses
 class-conditional batch norm; the discriminator adds a projection term <embed(y), h> to its logit
@@ -20,26 +29,24 @@ estimate of its largest singular value (`spectral_normalize`).
 from __future__ import annotations
 
 import math
-import weakref
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from estimator_gan import custom
+from estimator_gan.model import custom
 
 ModeKeys = tf.estimator.ModeKeys
 v1 = tf.compat.v1
 
 _DCGAN_INIT = v1.random_normal_initializer(stddev=0.02)
-_BATCH_MOMENTS: "weakref.WeakKeyDictionary[tf.Graph, list]" = weakref.WeakKeyDictionary()
 
-
-def batch_moments(graph: Optional[tf.Graph] = None) -> List[Tuple[tf.Variable, tf.Variable, tf.Tensor, tf.Tensor]]:
-    """`(moving_mean, moving_variance, batch_mean, batch_variance)` of every TRAIN-mode
-    `batch_norm` call built in the graph, in order: what standing statistics average before an
-    export (see export.py). Kept beside the graph, not in a collection, so checkpoints' meta
-    graphs do not carry it."""
-    return _BATCH_MOMENTS.setdefault(graph or v1.get_default_graph(), [])
+# Per TRAIN-mode batch_norm call, in matching order: its moving statistics and batch moments.
+BATCH_NORM_MOVING_MEANS = "batch_norm_moving_means"
+BATCH_NORM_MOVING_VARIANCES = "batch_norm_moving_variances"
+BATCH_NORM_MEANS = "batch_norm_means"
+BATCH_NORM_VARIANCES = "batch_norm_variances"
+BATCH_NORM_COLLECTIONS = (BATCH_NORM_MOVING_MEANS, BATCH_NORM_MOVING_VARIANCES,
+                          BATCH_NORM_MEANS, BATCH_NORM_VARIANCES)
 
 
 def _get(name, shape, initializer, trainable=True, **kwargs):
@@ -49,8 +56,7 @@ def _get(name, shape, initializer, trainable=True, **kwargs):
 
 # Spectral normalisation's power-iteration state, per TRAIN-mode call, in matching order: the
 # `u` variables and their one-step updates. The caller assigns them once per D update, after
-# every read of `u` in that update (see model_fns.discriminator_update), so all calls of one
-# update see the same `u`.
+# every read of `u` in that update (see model.gan), so all calls of one update see the same `u`.
 SPECTRAL_NORM_VECTORS = "spectral_norm_vectors"
 SPECTRAL_NORM_UPDATES = "spectral_norm_updates"
 
@@ -157,7 +163,8 @@ def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float
         moving_var = _get("moving_variance", [channels], v1.ones_initializer(), **stat_kwargs)
         if training:
             mean, variance = tf.nn.moments(x, axes=list(range(x.shape.rank - 1)))
-            batch_moments().append((moving_mean, moving_var, mean, variance))
+            for key, value in zip(BATCH_NORM_COLLECTIONS, (moving_mean, moving_var, mean, variance)):
+                v1.add_to_collection(key, value)
             for var, value in ((moving_mean, mean), (moving_var, variance)):
                 v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
                                      v1.assign_sub(var, (var - value) * (1.0 - decay)))

@@ -1,4 +1,5 @@
-"""Input-function builders, one per data source, for `GAN.train(input_fn=...)` and `evaluate`.
+"""Input-function builders for `GAN.train(input_fn=...)` and `evaluate`: `input_fn_for(source,
+...)` for any registered source, and one named builder per built-in source.
 
 Each builder validates its options like the `data` section of a config (same names, same
 defaults, `ConfigError` on a bad value), loads and checks the data at once (`DataError` naming
@@ -13,27 +14,23 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from pydantic import ValidationError
-
 from estimator_gan import config as config_lib
-from estimator_gan import data as data_lib
+from estimator_gan.data import pipeline
 
 
-def _builder(source: str, training: bool, seed: Optional[int], **options) -> Callable:
+def input_fn_for(source: str, training: bool = True, seed: Optional[int] = None,
+                 **options) -> Callable:
+    """An input_fn for any registered data source, with `data` section options by name."""
     options = {k: v for k, v in options.items() if v is not None}
-    try:
-        cfg = config_lib.DataConfig(source=source, **options)
-    except ValidationError as err:
-        raise config_lib.ConfigError(config_lib._format_validation_error(err).replace(
-            "invalid config: ", f"invalid {source}_input_fn option: ")) from None
-    return data_lib.make_input_fn(cfg, training=training, seed=seed)
+    cfg = config_lib.data_config(source=source, what=f"{source}_input_fn option", **options)
+    return pipeline.make_input_fn(cfg, training=training, seed=seed)
 
 
 def digits_input_fn(batch_size: int = 64, image_size: Optional[int] = None, training: bool = True,
                     seed: Optional[int] = None, **options) -> Callable:
     """scikit-learn's bundled 8x8 digits (no download), upsampled to `image_size` (16), with
     labels 0-9."""
-    return _builder("digits", training, seed, batch_size=batch_size, image_size=image_size, **options)
+    return input_fn_for("digits", training, seed, batch_size=batch_size, image_size=image_size, **options)
 
 
 def mixture_input_fn(kind: str = "ring", modes: int = 8, radius: float = 2.0, std: float = 0.02,
@@ -41,14 +38,14 @@ def mixture_input_fn(kind: str = "ring", modes: int = 8, radius: float = 2.0, st
                      seed: Optional[int] = None, **options) -> Callable:
     """2D points from a mixture of Gaussians on a `ring` or a square `grid`; label = mode."""
     mixture = dict(kind=kind, modes=modes, radius=radius, std=std, num_examples=num_examples)
-    return _builder("mixture2d", training, seed, batch_size=batch_size, mixture=mixture, **options)
+    return input_fn_for("mixture2d", training, seed, batch_size=batch_size, mixture=mixture, **options)
 
 
 def mnist_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
                    training: bool = True, seed: Optional[int] = None, **options) -> Callable:
     """MNIST-format files: a folder of IDX files (`.gz` or not), one IDX images file, or an
     `mnist.npz`; with labels."""
-    return _builder("mnist", training, seed, path=path, batch_size=batch_size,
+    return input_fn_for("mnist", training, seed, path=path, batch_size=batch_size,
                     image_size=image_size, **options)
 
 
@@ -57,7 +54,7 @@ def images_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] =
                     seed: Optional[int] = None, **options) -> Callable:
     """A folder of PNG/JPEG files (recursive), center-cropped and resized to `image_size` (64)
     with `channels` (3); no labels. `on_corrupt="skip"` skips undecodable files."""
-    return _builder("images", training, seed, path=path, batch_size=batch_size,
+    return input_fn_for("images", training, seed, path=path, batch_size=batch_size,
                     image_size=image_size, channels=channels, **options)
 
 
@@ -66,12 +63,12 @@ def tfrecord_input_fn(path: str, batch_size: int = 64, image_size: Optional[int]
                       seed: Optional[int] = None, **options) -> Callable:
     """A file, glob or folder of `tf.train.Example` records: the encoded image at `image_key`,
     an optional int label at `label_key`."""
-    return _builder("tfrecord", training, seed, path=path, batch_size=batch_size,
+    return input_fn_for("tfrecord", training, seed, path=path, batch_size=batch_size,
                     image_size=image_size, channels=channels, **options)
 
 
 def npy_input_fn(path: str, labels_path: Optional[str] = None, batch_size: int = 64,
                  training: bool = True, seed: Optional[int] = None, **options) -> Callable:
     """A `.npy`/`.npz` array: `(N, 2)` points or `(N, H, W[, C])` images, optional labels."""
-    return _builder("npy", training, seed, path=path, labels_path=labels_path,
+    return input_fn_for("npy", training, seed, path=path, labels_path=labels_path,
                     batch_size=batch_size, **options)

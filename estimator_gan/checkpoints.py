@@ -1,0 +1,62 @@
+"""Facts about the checkpoints of a model directory, read without building a graph: their
+steps, which are on disk, which read in full, which one a message calls the last good one."""
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import List, Optional, Tuple
+
+import tensorflow as tf
+
+from estimator_gan import fileio
+
+_CHECKPOINT_INDEX = re.compile(r"^(?P<prefix>model\.ckpt-(?P<step>\d+))\.index$")
+
+
+def step_of(checkpoint_path: str) -> int:
+    """The global step a checkpoint holds."""
+    return int(tf.train.load_variable(checkpoint_path, "global_step"))
+
+
+def on_disk(model_dir: str) -> List[Tuple[int, str]]:
+    """`(step, prefix)` of every checkpoint whose index file is in `model_dir`, newest first
+    (from the file names; whether they read is not checked)."""
+    if not fileio.isdir(model_dir):
+        return []
+    found = []
+    for name in fileio.listdir(model_dir):
+        match = _CHECKPOINT_INDEX.match(name)
+        if match:
+            found.append((int(match["step"]), fileio.join(model_dir, match["prefix"])))
+    return sorted(found, reverse=True)
+
+
+def latest_step(model_dir: str) -> int:
+    """Global step of the latest checkpoint (the state file's, else the newest on disk; 0 if
+    there is none)."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    candidates = ([latest] if latest else []) + [p for _, p in on_disk(model_dir)]
+    for path in candidates:
+        with contextlib.suppress(Exception):
+            return step_of(path)
+    return 0
+
+
+def unreadable(path: str) -> Optional[str]:
+    """Why the checkpoint at `path` cannot be read in full (every tensor, checksums), or None."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as err:  # TF reports damage as OpError, IndexError, ValueError...
+        lines = [ln for ln in str(err).splitlines() if ln.strip() and "Graph execution" not in ln]
+        return " ".join(lines[0].split()).rstrip(".") if lines else type(err).__name__
+    return None
+
+
+def last_good(model_dir: str) -> str:
+    """"the last good checkpoint is step N" (or that none was written), for messages."""
+    path = tf.train.latest_checkpoint(model_dir)
+    if not path:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is step {step_of(path)}"

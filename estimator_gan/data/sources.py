@@ -1,0 +1,542 @@
+"""Data sources: where real examples come from, one class per source, registered by name.
+
+`data.source` in a config names one of them. A source says what one example looks like
+(`sample_shape`, without reading the data), how many classes its labels have (`num_classes`)
+and how to load and check the data (`load`), which returns either
+
+* `Arrays` — every example in memory (uint8 images, or float32 points), with labels or None; or
+* `Files` — files the input pipeline decodes as it goes (`examples` turns a dataset of file
+  names into uint8 images, or (image, label) pairs).
+
+Adding a source is one class in this file: subclass `Source`, set `name` (the `data.source`
+value) and `summary` (one line for the docs), implement `load` (and `sample_shape` /
+`num_classes` where the defaults do not fit), and decorate it with `@register`. Everything else
+(the config's check of `data.source`, `data.split`, sharding, batching, exact resume, the
+input_fn builders' generic form) works for it unchanged. Problems are `DataError`s whose one-line
+message names the file or setting at fault.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import re
+import struct
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass, replace
+from typing import ClassVar, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from estimator_gan.data import images as image_lib
+from estimator_gan.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords")
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """An in-memory source. `x` is uint8 images (0..255, scaled on the way out) or float32."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Files:
+    """Files the pipeline decodes; `count` is exact for images, estimated for tfrecord."""
+
+    source: "Source"
+    files: Tuple[str, ...]
+    shape: Tuple[int, ...]
+    labeled: bool
+    count: int
+    count_is_exact: bool
+
+
+Loaded = Union[Arrays, Files]
+
+
+class Source:
+    """One kind of data (see the module docstring). Instances hold no state."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    default_image_size: ClassVar[Optional[int]] = None
+    default_channels: ClassVar[int] = 1
+
+    def sample_shape(self, cfg) -> Tuple[int, ...]:
+        """The shape of one example, from the config alone."""
+        size = cfg.image_size or self.default_image_size
+        return (size, size, cfg.channels or self.default_channels)
+
+    def num_classes(self, cfg) -> Optional[int]:
+        """Number of label values (labels are 0..n-1), or None when unlabelled or unknown."""
+        return None
+
+    def load(self, cfg, seed: Optional[int]) -> Loaded:
+        raise NotImplementedError
+
+    def examples(self, cfg, src: Files, files: tf.data.Dataset) -> tf.data.Dataset:
+        """`Files` sources: file names -> decoded uint8 examples (or (image, label) pairs)."""
+        raise NotImplementedError
+
+    def split(self, cfg, src: Loaded) -> Loaded:
+        """The part of `src` that `cfg.split` selects (examples, or image files)."""
+        if isinstance(src, Arrays):
+            picked = split_indices(cfg, len(src.x))
+            return Arrays(src.x[picked], None if src.y is None else src.y[picked])
+        raise DataError(f"data.split is not supported for source '{self.name}'; split the files instead")
+
+
+_REGISTRY: Dict[str, Source] = {}
+
+
+def register(cls):
+    """Class decorator: make a `Source` subclass available as `data.source: <cls.name>`."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"a data source needs a new name, got {cls.name!r}")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names() -> List[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Source:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DataError(f"unknown data source {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def sample_shape(cfg) -> Tuple[int, ...]:
+    """The shape of one example of `cfg` (a config's `data` section)."""
+    return tuple(get(cfg.source).sample_shape(cfg))
+
+
+def num_classes(cfg) -> Optional[int]:
+    """The class count of `cfg`'s labels, where known without reading all the data."""
+    return get(cfg.source).num_classes(cfg)
+
+
+def load(cfg, seed: Optional[int] = None) -> Loaded:
+    """Load and check the data of `cfg`, then apply `cfg.split`."""
+    source = get(cfg.source)
+    src = source.load(cfg, seed)
+    return src if cfg.split is None else source.split(cfg, src)
+
+
+def split_indices(cfg, count: int) -> np.ndarray:
+    """The indices (in source order) of the part of `count` examples that `cfg.split` selects."""
+    split = cfg.split
+    order = np.random.RandomState(split.seed).permutation(count)
+    cut = int(round(split.fraction * count))
+    picked = np.sort(order[:cut] if split.part == "first" else order[cut:])
+    if not len(picked):
+        raise DataError(f"{cfg.source}: data.split part '{split.part}' of {count} examples "
+                        f"with fraction {split.fraction} is empty")
+    return picked
+
+
+def require_path(cfg) -> str:
+    if not cfg.path:
+        raise DataError(f"data.path is required for source '{cfg.source}'")
+    path = os.path.expanduser(cfg.path)
+    is_glob = cfg.source == "tfrecord" and any(c in path for c in "*?[")
+    if not os.path.exists(path) and not is_glob:
+        raise DataError(f"{cfg.source}: {path} does not exist")
+    return path
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@register
+class Digits(Source):
+    name = "digits"
+    summary = "scikit-learn's bundled 8x8 digits (no download), upsampled to `image_size` (16); labels"
+    default_image_size = 16
+
+    def num_classes(self, cfg) -> Optional[int]:
+        return 10
+
+    def load(self, cfg, seed) -> Arrays:
+        from sklearn.datasets import load_digits  # scikit-learn loads slowly; only this source needs it
+
+        digits = load_digits()
+        x = (digits.images.astype(np.float32) / 8.0 - 1.0)[..., None]
+        return Arrays(image_lib.fit_images(x, self.sample_shape(cfg)), digits.target.astype(np.int32))
+
+
+@register
+class Mixture2D(Source):
+    name = "mixture2d"
+    summary = "a ring or grid of 2D Gaussians (`data.mixture`), generated; label = mode"
+
+    def sample_shape(self, cfg) -> Tuple[int, ...]:
+        return (2,)
+
+    def num_classes(self, cfg) -> Optional[int]:
+        return len(cfg.mixture.centres())
+
+    def load(self, cfg, seed) -> Arrays:
+        m = cfg.mixture
+        centres = np.asarray(m.centres())
+        rng = np.random.RandomState(0 if seed is None else seed)
+        modes = rng.randint(len(centres), size=m.num_examples)
+        points = centres[modes] + rng.normal(0.0, m.std, (m.num_examples, 2))
+        return Arrays(points.astype(np.float32), modes.astype(np.int32))
+
+
+_IDX_IMAGES, _IDX_LABELS = 2051, 2049
+_MNIST_IMAGES_RE = re.compile(r"^(?P<stem>.+)-images(?P<sep>[-.])idx3-ubyte(?:\.gz)?$")
+
+
+@register
+class Mnist(Source):
+    name = "mnist"
+    summary = "MNIST-format files: a folder of IDX files (`.gz` or not), one IDX images file, or `mnist.npz`; labels"
+    default_image_size = 28
+
+    def num_classes(self, cfg) -> Optional[int]:
+        return 10
+
+    def load(self, cfg, seed) -> Arrays:
+        path = require_path(cfg)
+        parts = self._parts(path)
+        labeled = [y is not None for _, y, _ in parts]
+        if any(labeled) and not all(labeled):
+            missing = parts[labeled.index(False)][2]
+            raise DataError(f"mnist: {missing} has no labels file beside it (others do)")
+        for x, y, where in parts:
+            if x.ndim != 3:
+                raise DataError(f"mnist: {where} holds shape {x.shape}; expected (N, H, W)")
+            if y is not None and (y.ndim != 1 or len(y) != len(x)):
+                raise DataError(f"mnist: {where} has {len(x)} images but {y.size} labels")
+            if y is not None and len(y) and not 0 <= int(y.min()) <= int(y.max()) <= 9:
+                raise DataError(f"mnist: labels of {where} span {int(y.min())}..{int(y.max())}; "
+                                f"expected 0..9")
+        x = np.concatenate([np.asarray(p[0], np.uint8) for p in parts])
+        y = np.concatenate([p[1] for p in parts]).astype(np.int32) if all(labeled) else None
+        if not len(x):
+            raise DataError(f"mnist: {path} holds no images")
+        return Arrays(image_lib.fit_images(x[..., None], self.sample_shape(cfg)), y)
+
+    def _parts(self, path: str) -> List[Tuple[np.ndarray, Optional[np.ndarray], str]]:
+        """(images, labels or None, description) for each train/test part found at `path`."""
+        if os.path.isdir(path):
+            names_here = sorted(os.listdir(path))
+            found = {}
+            for name in names_here:
+                m = _MNIST_IMAGES_RE.match(name)
+                if m and os.path.isfile(os.path.join(path, name)):
+                    found.setdefault(name[:-3] if name.endswith(".gz") else name, name)
+            if not found:
+                if "mnist.npz" in names_here:
+                    return self._npz(os.path.join(path, "mnist.npz"))
+                raise DataError(f"mnist: no *-images-idx3-ubyte[.gz] files or mnist.npz in {path}")
+            order = sorted(found, key=lambda n: (not n.startswith("train"), n))
+            return [self._idx_pair(os.path.join(path, found[n])) for n in order]
+        if not os.path.isfile(path):
+            raise DataError(f"mnist: {path} is neither a file nor a directory")
+        if path.endswith(".npz"):
+            return self._npz(path)
+        return [self._idx_pair(path)]
+
+    def _idx_pair(self, images_path: str):
+        folder, name = os.path.split(images_path)
+        m = _MNIST_IMAGES_RE.match(name)
+        labels = None
+        if m:
+            stem = f"{m['stem']}-labels{m['sep']}idx1-ubyte"
+            for candidate in (stem, stem + ".gz"):
+                if os.path.isfile(os.path.join(folder, candidate)):
+                    labels = _read_idx(os.path.join(folder, candidate), _IDX_LABELS)
+                    break
+        return _read_idx(images_path, _IDX_IMAGES), labels, images_path
+
+    def _npz(self, path: str):
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"mnist: cannot read {path} ({str(err).splitlines()[0]})") from None
+        parts = []
+        for split in ("train", "test"):
+            if f"x_{split}" in arrays:
+                y = arrays.get(f"y_{split}")
+                parts.append((arrays[f"x_{split}"], None if y is None else y.astype(np.int64),
+                              f"{path}[x_{split}]"))
+        if not parts:
+            raise DataError(f"mnist: {path} has keys {sorted(arrays)}; expected x_train/y_train "
+                            f"and/or x_test/y_test")
+        return parts
+
+
+def _read_idx(path: str, magic: int) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"mnist: cannot read {path} ({err})") from None
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"mnist: {path} is too short for an IDX header ({len(data)} bytes)")
+    found = struct.unpack(">i", data[:4])[0]
+    if found != magic:
+        raise DataError(f"mnist: {path} has magic {found}, expected {magic}")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    if len(data) - header != int(np.prod(dims)):
+        raise DataError(f"mnist: {path} holds {len(data) - header} data bytes; its header "
+                        f"{dims} needs {int(np.prod(dims))}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+@register
+class ImageFolder(Source):
+    name = "images"
+    summary = "a folder of PNG/JPEG files (recursive), center-cropped and resized to `image_size` (64), `channels` (3)"
+    default_image_size = 64
+    default_channels = 3
+
+    def load(self, cfg, seed) -> Files:
+        root = require_path(cfg)
+        if not os.path.isdir(root):
+            raise DataError(f"images: {root} is not a directory")
+
+        def unreadable(err: OSError):
+            raise DataError(f"images: cannot read folder {err.filename} ({err.strerror})")
+
+        files = sorted(
+            os.path.join(d, name) for d, _, names_here in os.walk(root, onerror=unreadable)
+            for name in names_here if name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DataError(f"images: no PNG/JPEG files in {root}")
+        good, bad = [], []
+        for f in files:
+            problem = image_lib.image_problem(f)
+            if problem is None:
+                good.append(f)
+            elif cfg.on_corrupt == "fail":
+                raise DataError(f"images: cannot decode {f} ({problem})")
+            else:
+                bad.append(f)
+        if bad:
+            print(f"images: skipped {len(bad)} undecodable files (first: {bad[0]})", file=sys.stderr)
+        if not good:
+            raise DataError(f"images: no decodable PNG/JPEG files in {root} ({len(bad)} skipped)")
+        return Files(self, tuple(good), self.sample_shape(cfg), False, len(good), True)
+
+    def examples(self, cfg, src: Files, files: tf.data.Dataset) -> tf.data.Dataset:
+        size, _, channels = src.shape
+        return files.map(lambda p: image_lib.decode_image(tf.io.read_file(p), size, channels),
+                         num_parallel_calls=tf.data.AUTOTUNE)
+
+    def split(self, cfg, src: Loaded) -> Loaded:
+        files = tuple(src.files[k] for k in split_indices(cfg, len(src.files)))
+        return replace(src, files=files, count=len(files))
+
+
+@register
+class TFRecords(Source):
+    name = "tfrecord"
+    summary = ("a file, glob or folder of `tf.train.Example` records: the encoded image at "
+               "`image_key`, an optional int label at `label_key`")
+    default_image_size = 64
+    default_channels = 3
+
+    def load(self, cfg, seed) -> Files:
+        path = require_path(cfg)
+        if os.path.isdir(path):
+            files = sorted(os.path.join(path, n) for n in os.listdir(path)
+                           if n.lower().endswith(TFRECORD_EXTENSIONS))
+            if not files:
+                raise DataError(f"tfrecord: no *.tfrecord/*.tfrecords files in {path}")
+        elif os.path.isfile(path):
+            files = [path]
+        else:
+            files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
+            if not files:
+                raise DataError(f"tfrecord: no files match {path}")
+        where, record = _first_record(files, path)
+        try:
+            features = tf.train.Example.FromString(record).features.feature
+        except ProtobufDecodeError as err:
+            raise DataError(f"tfrecord: first record of {where} is not a tf.train.Example "
+                            f"({err})") from None
+        if cfg.image_key not in features or not features[cfg.image_key].bytes_list.value:
+            raise DataError(f"tfrecord: {where} has no feature '{cfg.image_key}'")
+        problem = image_lib.image_problem(io.BytesIO(features[cfg.image_key].bytes_list.value[0]))
+        if problem and cfg.on_corrupt == "fail":
+            raise DataError(f"tfrecord: cannot decode the first image in {where} ({problem})")
+        labeled = bool(cfg.label_key and cfg.label_key in features
+                       and features[cfg.label_key].int64_list.value)
+        total = sum(os.path.getsize(f) for f in files)
+        return Files(self, tuple(files), self.sample_shape(cfg), labeled,
+                     max(1, total // (len(record) + 16)), False)
+
+    def examples(self, cfg, src: Files, files: tf.data.Dataset) -> tf.data.Dataset:
+        size, _, channels = src.shape
+        spec = {cfg.image_key: tf.io.FixedLenFeature([], tf.string)}
+        if src.labeled:
+            spec[cfg.label_key] = tf.io.FixedLenFeature([], tf.int64)
+
+        def decode(record):
+            ex = tf.io.parse_single_example(record, spec)
+            image = image_lib.decode_image(ex[cfg.image_key], size, channels)
+            return (image, tf.cast(ex[cfg.label_key], tf.int32)) if src.labeled else image
+
+        records = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _first_record(files: List[str], path: str) -> Tuple[str, bytes]:
+    with image_lib.private_session() as sess:
+        name = tf.compat.v1.placeholder(tf.string, [])
+        it = tf.compat.v1.data.make_initializable_iterator(tf.data.TFRecordDataset(name).take(1))
+        nxt = it.get_next()
+        for f in files:
+            try:
+                sess.run(it.initializer, {name: f})
+                return f, sess.run(nxt)
+            except tf.errors.OutOfRangeError:
+                continue
+            except tf.errors.OpError as err:
+                raise DataError(f"tfrecord: cannot read {f} ({err.message})") from None
+    raise DataError(f"tfrecord: no records in {path}")
+
+
+@register
+class NumpyArrays(Source):
+    name = "npy"
+    summary = "a `.npy` / `.npz` array: `(N, 2)` points or `(N, H, W[, C])` images; optional `labels_path`"
+
+    def sample_shape(self, cfg) -> Tuple[int, ...]:
+        path, key = _npy_location(cfg)
+        shape, _ = _npy_header(path, key)
+        if _npy_kind(path, shape) == "points":
+            return (2,)
+        h, w = shape[1:3]
+        if cfg.image_size:
+            h = w = cfg.image_size
+        return (h, w, cfg.channels or (shape[3] if len(shape) == 4 else 1))
+
+    def num_classes(self, cfg) -> Optional[int]:
+        path, key = _npy_location(cfg)
+        shape, _ = _npy_header(path, key)
+        labels = _npy_labels(cfg, path, key, shape[0])
+        return int(labels.max()) + 1 if labels is not None and len(labels) else None
+
+    def load(self, cfg, seed) -> Arrays:
+        path, key = _npy_location(cfg)
+        try:
+            x = np.load(path, allow_pickle=False) if key is None else _npz_member(path, key)
+        except (OSError, ValueError) as err:
+            raise DataError(f"npy: cannot read {path} ({str(err).splitlines()[0]})") from None
+        kind = _npy_kind(path, x.shape)
+        if len(x) == 0:
+            raise DataError(f"npy: {path} holds no examples")
+        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)
+                or (kind == "points" and np.issubdtype(x.dtype, np.integer))):
+            raise DataError(f"npy: {path} holds {x.dtype} data; expected uint8 (0..255) or floats")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            value = x[tuple(bad)]
+            raise DataError(f"npy: {path} holds {'NaN' if np.isnan(value) else value} at index "
+                            f"{tuple(int(i) for i in bad)}; every value must be finite")
+        if kind == "points":
+            x = x.astype(np.float32)
+        else:
+            if x.dtype != np.uint8:
+                lo, hi = float(x.min()), float(x.max())
+                if not (lo >= -1.0 and hi <= 1.0):
+                    raise DataError(f"npy: {path} holds floats in [{lo:g}, {hi:g}]; expected "
+                                    f"[-1, 1] (or uint8 0..255)")
+                x = x.astype(np.float32)
+            x = image_lib.fit_images(image_lib.to_nhwc(x), self.sample_shape(cfg))
+        return Arrays(x, _npy_labels(cfg, path, key, len(x)))
+
+
+def _npy_location(cfg) -> Tuple[str, Optional[str]]:
+    """(path, key of the data array in an .npz, or None for an .npy)."""
+    path = require_path(cfg)
+    if not os.path.isfile(path):
+        raise DataError(f"npy: {path} is not a file")
+    if not path.lower().endswith(".npz"):
+        return path, None
+    try:
+        with zipfile.ZipFile(path) as z:
+            keys = sorted(n[:-4] for n in z.namelist() if n.endswith(".npy"))
+    except (OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"npy: cannot read {path} ({err})") from None
+    if len(keys) == 1:
+        return path, keys[0]
+    if "x" in keys:
+        return path, "x"
+    raise DataError(f"npy: {path} holds arrays {keys}; expected a single array or keys x (and y)")
+
+
+def _npy_header(path: str, key: Optional[str]) -> Tuple[Tuple[int, ...], np.dtype]:
+    try:
+        if key is None:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return array.shape, array.dtype
+        with zipfile.ZipFile(path) as z, z.open(key + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+            return shape, dtype
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"npy: cannot read {path} ({str(err).splitlines()[0]})") from None
+
+
+def _npy_kind(path: str, shape: Tuple[int, ...]) -> str:
+    if len(shape) == 2 and shape[1] == 2:
+        return "points"
+    if len(shape) == 4 and shape[3] not in (1, 3):
+        raise DataError(f"npy: {path} holds shape {shape}; images need 1 or 3 channels")
+    if len(shape) in (3, 4):
+        return "images"
+    raise DataError(f"npy: {path} holds shape {shape}; expected (N, 2), (N, H, W) or "
+                    f"(N, H, W, C)")
+
+
+def _npy_labels(cfg, path: str, key: Optional[str], count: int) -> Optional[np.ndarray]:
+    """The labels of an npy source: from labels_path, else an .npz's `y`, else None."""
+    if cfg.labels_path is None and key != "x":
+        return None
+    where = f"{path}[y]" if cfg.labels_path is None else os.path.expanduser(cfg.labels_path)
+    if cfg.labels_path is not None and not os.path.isfile(where):
+        raise DataError(f"npy: labels file {where} does not exist")
+    try:
+        if cfg.labels_path is None:
+            y = _npz_member(path, "y")
+        else:
+            y = np.load(where, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"npy: cannot read {where} ({str(err).splitlines()[0]})") from None
+    if y is None:
+        return None
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"npy: {where} holds {y.dtype} shape {y.shape}; expected 1-D integers")
+    if len(y) != count:
+        raise DataError(f"npy: {where} holds {len(y)} labels; {path} has {count} examples")
+    if len(y) and int(y.min()) < 0:
+        raise DataError(f"npy: {where} holds negative label {int(y.min())}")
+    return np.asarray(y, np.int32)
+
+
+def _npz_member(path: str, name: str) -> Optional[np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return npz[name] if name in npz.files else None

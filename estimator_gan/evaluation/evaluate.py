@@ -1,0 +1,265 @@
+"""Evaluating generated samples next to a real-vs-real reference: for a checkpoint, for an
+export, and the per-checkpoint history of a model directory.
+
+What a caller must know:
+
+* `SampleMetrics(config, model_dir)` holds the real data and the feature network of one config;
+  calling it on samples gives the metrics and the reference (see its docstring). It loads data
+  and trains (or loads) the feature classifier on first use, which must be eager.
+* Samples come from a *sampling callable*, `generate(count, seed=..., checkpoint_path=...)`
+  (e.g. `GAN.generate`), or from an export (`evaluate_export`), with the noise of
+  `sampling.noise(count, z_dim, eval.seed)` and, for a conditional model, the classes in turn:
+  a checkpoint and its export give the same samples.
+* Records are plain dicts (`step`, `source`, `metrics`, `reference`, ...); `metrics.jsonl` in
+  `<model_dir>/evaluation/` keeps one per evaluated checkpoint. Files go through `fileio`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from estimator_gan import fileio, sampling
+from estimator_gan.data import pipeline, sources
+from estimator_gan.errors import DataError, ExportError
+from estimator_gan.evaluation.classifier import train_feature_classifier
+from estimator_gan.evaluation.metrics import (classifier_score, fallback_features, frechet_distance,
+                                              kernel_distance, mixture_mode_metrics)
+from estimator_gan.serving import saved_model
+
+EVAL_DIR = "evaluation"
+HISTORY_FILE = "metrics.jsonl"
+RESULT_FILE = "eval.json"
+
+
+def evaluation_data_config(config):
+    """The real data the metrics use: the other part of `data.split`, else `data` itself."""
+    if config.data.split is None:
+        return config.data
+    return config.data.model_copy(update={"split": config.data.split.complement()})
+
+
+def _classifier_cache_path(config, model_dir: str) -> str:
+    if config.eval.classifier_cache:
+        return os.path.expanduser(config.eval.classifier_cache)
+    key = json.dumps({"data": evaluation_data_config(config).model_dump(mode="json"),
+                      "shape": list(config.model.sample_shape or []),
+                      "epochs": config.eval.classifier_epochs, "seed": config.eval.seed},
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return fileio.join(model_dir, EVAL_DIR, f"feature_classifier-{digest}.keras")
+
+
+class SampleMetrics:
+    """Sample-quality metrics of generated samples for one config, next to a real reference.
+
+    Calling it on `[N, ...]` samples returns `(model, reference)`: two dicts with the same
+    keys, the second measured on N real examples that stand in for the samples. Which metrics
+    (`kind`):
+
+    * `mixture` (2D mixture data): modes_covered, num_modes, high_quality_share,
+      kl_to_uniform (`mixture_mode_metrics`, k = `eval.mode_std_k`).
+    * `classifier` (labelled images): frechet_distance, kid, classifier_score in the feature
+      space of `train_feature_classifier`, trained on the evaluation data (see
+      `evaluation_data_config`) with `eval.seed` and cached (`eval.classifier_cache`).
+    * `fallback` (unlabelled images): frechet_distance and kid on `fallback_features`.
+
+    For images the evaluation data is permuted with `eval.seed`; N examples form the reference
+    and the rest the real statistics that both the samples and the reference are compared to.
+    Loading data and training the classifier happen on first use, which must be eager.
+    """
+
+    def __init__(self, config, model_dir: str, stream=None):
+        self.config = config
+        self.model_dir = model_dir
+        self._stream = stream
+        self._ready = False
+        self.info: Dict[str, object] = {}
+
+    @property
+    def kind(self) -> str:
+        self._prepare()
+        return self.info["kind"]
+
+    def _log(self, message: str) -> None:
+        if self._stream is not None:
+            print(message, file=self._stream, flush=True)
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        cfg, data_cfg = self.config, evaluation_data_config(self.config)
+        n = cfg.eval.num_samples
+        if cfg.data.source == "mixture2d":
+            mixture = cfg.data.mixture
+            self._centres, self._std = mixture.centres(), mixture.std
+            real, _ = pipeline.load_examples(data_cfg, limit=n, seed=cfg.eval.seed)
+            self._reference = self._mixture(real)
+            self.info = {"kind": "mixture", "real_examples": int(len(real))}
+            self._ready = True
+            return
+        real, labels = pipeline.load_examples(data_cfg, seed=cfg.eval.seed)
+        if len(real) < n + 2:
+            raise DataError(
+                f"eval.num_samples={n} needs at least {n + 2} real evaluation examples "
+                f"({data_cfg.source} has {len(real)}); lower eval.num_samples")
+        self._classifier = None
+        if labels is not None:
+            path = _classifier_cache_path(cfg, self.model_dir)
+            self._log(f"feature classifier: {'loading' if fileio.exists(path) else 'training'} "
+                      f"{path} ({len(real)} labelled examples)")
+            self._classifier = train_feature_classifier(
+                real, labels, sources.num_classes(data_cfg) or int(labels.max()) + 1,
+                cache_path=path, seed=cfg.eval.seed, epochs=cfg.eval.classifier_epochs)
+            self.info = {"kind": "classifier", "classifier": path}
+            if cfg.data.split is not None:
+                held_x, held_y = pipeline.load_examples(cfg.data, limit=2000, seed=cfg.eval.seed)
+                self.info["classifier_accuracy_on_gan_part"] = self._classifier.accuracy(held_x, held_y)
+        else:
+            self.info = {"kind": "fallback"}
+        self._real_feats = self._features(real[n:])
+        ref = real[:n]
+        self._reference = self._images(ref)
+        self.info.update(real_examples=int(len(real) - n), reference_examples=n)
+        self._ready = True
+
+    def _features(self, images) -> np.ndarray:
+        if self._classifier is not None:
+            return self._classifier.features(images)
+        return fallback_features(images)
+
+    def _mixture(self, points) -> Dict[str, float]:
+        out = mixture_mode_metrics(points, self._centres, self._std, k=self.config.eval.mode_std_k)
+        return {key: out[key] for key in
+                ("modes_covered", "num_modes", "high_quality_share", "kl_to_uniform")}
+
+    def _images(self, images) -> Dict[str, float]:
+        ev = self.config.eval
+        feats = self._features(images)
+        kid = kernel_distance(self._real_feats, feats, min(ev.kid_subset_size, len(feats)),
+                              ev.kid_num_subsets, ev.seed)
+        out = {"frechet_distance": frechet_distance(self._real_feats, feats),
+               "kid": kid["mean"], "kid_std": kid["std"]}
+        if self._classifier is not None:
+            score = classifier_score(self._classifier.probabilities(images))
+            out.update(classifier_score=score["mean"], classifier_score_std=score["std"])
+        return out
+
+    def __call__(self, samples):
+        self._prepare()
+        samples = np.asarray(samples, np.float32)
+        if self.info["kind"] == "mixture":
+            return self._mixture(samples), dict(self._reference)
+        if samples.ndim == 3:
+            samples = samples[..., None]
+        if len(samples) != self.config.eval.num_samples:
+            raise ValueError(f"expected {self.config.eval.num_samples} samples, got {len(samples)}")
+        return self._images(samples), dict(self._reference)
+
+
+def evaluate_samples(metrics: SampleMetrics, samples, step: Optional[int], source: str) -> dict:
+    """The record `evaluate` and the listener write: step, sample metrics and real reference."""
+    model, reference = metrics(samples)
+    return {"step": step, "source": source, "time": time.time(),
+            "num_samples": int(len(samples)), "kind": metrics.info["kind"],
+            "metrics": _clean(model), "reference": _clean(reference)}
+
+
+def _finite(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _clean(tree: Dict[str, object]) -> Dict[str, object]:
+    return {k: (_finite(v) if isinstance(v, (float, np.floating)) else
+                int(v) if isinstance(v, (np.integer,)) else v) for k, v in tree.items()}
+
+
+def checkpoint_step(checkpoint_path: str) -> int:
+    return int(tf.train.load_variable(checkpoint_path, "global_step"))
+
+
+def evaluate_checkpoint(generate: Callable, metrics: SampleMetrics, checkpoint_path: str,
+                        estimator_eval: Optional[Callable] = None) -> dict:
+    """Sample metrics of one checkpoint, the samples drawn by `generate(count, seed=...,
+    checkpoint_path=...)`, and with `estimator_eval(checkpoint_path) -> dict` the Estimator's
+    EVAL metrics (losses, D accuracy, D probability, 2D mode metrics). Must run eagerly."""
+    ev = metrics.config.eval
+    samples = generate(ev.num_samples, seed=ev.seed, checkpoint_path=checkpoint_path)
+    record = evaluate_samples(metrics, samples, checkpoint_step(checkpoint_path), "checkpoint")
+    record["checkpoint"] = checkpoint_path
+    if estimator_eval is not None:
+        result = estimator_eval(checkpoint_path)
+        record["estimator"] = _clean({k: v for k, v in result.items()
+                                      if k != "global_step" and np.ndim(v) == 0})
+    record["samples"] = samples
+    return record
+
+
+def export_samples(path: str, config) -> np.ndarray:
+    """`eval.num_samples` samples of the exported generator at `path` (anything
+    `saved_model.find_saved_model` takes), drawn as for a checkpoint; `ExportError` when the
+    export does not fit `config` (another z_dim or sample shape)."""
+    served = saved_model.load_generator(path)
+    model = config.model
+    if served.z_dim != model.z_dim or list(served.sample_shape) != list(model.sample_shape):
+        raise ExportError(
+            f"the export {served.path} takes noise of {served.z_dim} values and makes samples of "
+            f"shape {list(served.sample_shape)}, but the config has model.z_dim {model.z_dim} and "
+            f"sample_shape {list(model.sample_shape)}: evaluate it with the model dir it was "
+            f"exported from")
+    ev = config.eval
+    noise = sampling.noise(ev.num_samples, model.z_dim, ev.seed)
+    return np.concatenate([served.from_noise(noise[i:i + 256])["samples"]
+                           for i in range(0, len(noise), 256)])
+
+
+def evaluate_export(path: str, metrics: SampleMetrics) -> dict:
+    """Sample metrics of an exported generator (see `export_samples`)."""
+    samples = export_samples(path, metrics.config)
+    record = evaluate_samples(metrics, samples, None, "export")
+    record["export"] = saved_model.find_saved_model(path)
+    record["samples"] = samples
+    return record
+
+
+def history_path(model_dir: str) -> str:
+    return fileio.join(model_dir, EVAL_DIR, HISTORY_FILE)
+
+
+def read_history(model_dir: str) -> List[dict]:
+    """The per-checkpoint records of `metrics.jsonl`, one per step (the latest record wins),
+    sorted by step. Unreadable lines are skipped."""
+    by_step: Dict[int, dict] = {}
+    path = history_path(model_dir)
+    if fileio.exists(path):
+        for line in fileio.read_text(path).splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def append_history(model_dir: str, record: dict) -> str:
+    """Add a record (without its samples) to `<model_dir>/evaluation/metrics.jsonl`,
+    rewriting the file atomically."""
+    path = history_path(model_dir)
+    old = fileio.read_text(path) if fileio.exists(path) else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    line = json.dumps({k: v for k, v in record.items() if k != "samples"}, sort_keys=True)
+    return fileio.atomic_write(path, old + line + "\n")
+
+
+def write_result(path: str, record: dict) -> str:
+    """Write one evaluation record (without its samples) as JSON, atomically."""
+    return fileio.atomic_write(path, json.dumps({k: v for k, v in record.items() if k != "samples"},
+                                                indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,3 @@
+"""The GAN model: networks (`networks`, user networks in `custom`), losses (`losses`), the
+per-graph model value with its losses and updates (`gan`), and the Estimator model_fns built
+from it (`model_fns`)."""

@@ -1,0 +1,542 @@
+"""The GAN in one graph, as small immutable values built once and passed down, never looked up
+again (TF-GAN's `GANModel` / `GANLoss` / `GANTrainOps` are the model):
+
+* `GANParts` — what the model is made of: the config, the two network functions and the loss,
+  resolved once from an Estimator's `params`. Its `generator(...)` / `discriminator(...)` run a
+  network in its fixed variable scope (`generator/`, `discriminator/`, with reuse) and return a
+  `NetworkOutput`: the outputs and what that call asks its caller to run (batch-norm updates,
+  spectral-norm power iterations) or offers it (batch moments, for standing statistics).
+* `GANModel` — one forward pass: noise, real batch, generated batch, D's logits on both.
+  `generator_model` / `discriminator_model` build one network only (PREDICT never creates the
+  other's variables).
+* `GANLosses` — the two loss tensors of a forward pass.
+* `GANTrainOps` — one `session.run` of training: `steps_per_run` global steps, each `d_steps`
+  D updates (one real batch each) then `g_steps` G updates that see the freshly updated D, with
+  the losses of the run's last step, where a loss first became non-finite, the op that
+  refreshes the EMA generator's batch-norm statistics, and the sample-picture tensor.
+
+Every TRAIN graph builds both networks, both optimizers (`G_Adam` / `D_Adam` slots, beta powers
+under `G_train/` / `D_train/`) and the `generator_step` / `discriminator_step` counters, so a
+checkpoint written by any of the three Estimators restores into the others.
+
+Randomness is stateless and keyed on (train.seed, worker, global step, update): the noise of
+every update, the gradient penalty's interpolation and the refresh batch are the same when a run
+is resumed from a checkpoint as in an uninterrupted run, and the same for any `steps_per_run`.
+
+Sample-quality state, also in every TRAIN graph and so in every checkpoint:
+
+* Generator EMA (`model.generator.ema_decay`): each trainable G variable `v` has a
+  non-trainable shadow `v/ExponentialMovingAverage`, moved towards `v` right after every G
+  update with decay min(ema_decay, (1 + n) / (10 + n)), n = `generator_step` after the update.
+  The EMA generator has its own batch-norm statistics (`.../moving_mean/
+  ExponentialMovingAverage`); they are not updated per step but recomputed for the current EMA
+  weights whenever they are read: before every checkpoint is saved (`GANTrainOps.
+  refresh_statistics`, run by the train spec's saver), before every sample picture, and as
+  standing statistics before an export. EVAL and PREDICT read the shadows through a custom
+  getter, unless `model.generator.inference_weights` is `raw`.
+* Spectral norm (`model.discriminator.spectral_norm`): the power-iteration vectors `.../sn_u`
+  advance exactly once per D update, after its gradients: every D call of one update (real,
+  fake, gradient penalty) uses the same `u`, and the G update's D call uses the updated one.
+* Conditional models get their labels validated in-graph (int32 ids in [0, num_classes)).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from estimator_gan import sampling
+from estimator_gan.errors import ConfigError, NetworkError
+from estimator_gan.model import losses as losses_lib
+from estimator_gan.model import networks
+
+v1 = tf.compat.v1
+ModeKeys = tf.estimator.ModeKeys
+
+GENERATOR = "generator"
+DISCRIMINATOR = "discriminator"
+ROLES = (GENERATOR, DISCRIMINATOR)
+GENERATOR_STEP = "generator_step"
+DISCRIMINATOR_STEP = "discriminator_step"
+EMA_SUFFIX = "ExponentialMovingAverage"
+SAMPLE_NOISE_SEED = 1234
+REFRESH_BATCH = 1024
+
+
+# ------------------------------------------------------------------------------- the parts
+
+
+class NetworkOutput(NamedTuple):
+    """One network call: its outputs and what it leaves for its caller.
+
+    `update_ops`: batch-norm moving-statistics updates (run by this role's update only).
+    `batch_norm`: `(moving_mean, moving_variance, batch_mean, batch_variance)` per built-in
+    batch-norm layer (TRAIN mode). `power_iterations`: `(u, u_new)` per spectrally normalised
+    weight (TRAIN mode), assigned once per D update.
+    """
+
+    outputs: tf.Tensor
+    update_ops: Tuple = ()
+    batch_norm: Tuple = ()
+    power_iterations: Tuple = ()
+
+
+def _collected(keys: Sequence[str], fn: Callable):
+    """`fn()` and, per collection key, what it added to the graph collection."""
+    before = [len(v1.get_collection(k)) for k in keys]
+    out = fn()
+    return out, [tuple(v1.get_collection(k)[n:]) for k, n in zip(keys, before)]
+
+
+def _ema_getter(getter, name, *args, **kwargs):
+    """Hands out the EMA generator's variable (a weight's shadow, or its own batch-norm
+    statistic) in place of each raw one."""
+    kwargs["trainable"] = False
+    return getter(f"{name}/{EMA_SUFFIX}", *args, **kwargs)
+
+
+def role_variables(scope: str, trainable: bool = True) -> List[tf.Variable]:
+    key = v1.GraphKeys.TRAINABLE_VARIABLES if trainable else v1.GraphKeys.GLOBAL_VARIABLES
+    return v1.get_collection(key, scope=scope + "/")
+
+
+@dataclass(frozen=True)
+class GANParts:
+    """The config, the two network functions and the loss of a model (see the module
+    docstring). Made from an Estimator's `params` (`from_params`), where `config` is required
+    and `generator_fn`, `discriminator_fn` and `loss` override what the config names."""
+
+    config: object
+    generator_fn: Callable
+    discriminator_fn: Callable
+    loss: losses_lib.GANLoss
+
+    @classmethod
+    def from_params(cls, params: dict) -> "GANParts":
+        config = params["config"]
+        gen, disc = networks.networks_for(config)
+        loss = params.get("loss") or losses_lib.as_loss(config.loss.name)
+        return cls(config, params.get("generator_fn") or gen,
+                   params.get("discriminator_fn") or disc, loss)
+
+    @property
+    def model(self):
+        return self.config.model
+
+    @property
+    def params(self) -> dict:
+        """What a network function gets as `params`: `{"config": Config}`."""
+        return {"config": self.config}
+
+    @property
+    def ema_decay(self) -> Optional[float]:
+        """The generator EMA decay in force: the config's, or None for a Keras generator (its
+        variables bypass the variable-scope getter through which the shadows are read)."""
+        if getattr(self.generator_fn, "is_keras_network", False):
+            return None
+        return self.model.generator.ema_decay
+
+    def uses_ema(self, mode, use_ema: Optional[bool] = None) -> bool:
+        """Whether G reads its moving-average weights: by default in EVAL and PREDICT when the
+        config keeps an EMA and `inference_weights` is `ema`."""
+        if use_ema is None:
+            use_ema = mode != ModeKeys.TRAIN and self.model.generator.inference_weights == "ema"
+        return bool(use_ema) and self.ema_decay is not None
+
+    def checked_labels(self, labels):
+        """The labels a conditional model's networks get: int32 [B], asserted in-graph to lie
+        in [0, model.num_classes). Unconditional models get `labels` unchanged."""
+        model = self.model
+        if not model.conditional:
+            return labels
+        if labels is None:
+            raise ValueError(
+                "model.conditional is true but no labels reached the model: training and "
+                "evaluation need a labelled data source; PREDICT needs features "
+                "{'noise': ..., 'labels': ...}")
+        labels = tf.convert_to_tensor(labels)
+        if not labels.dtype.is_integer:
+            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype.name}")
+        labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        n = model.num_classes
+        message = f"labels must be class ids in [0, {n}) (model.num_classes={n})"
+        with tf.control_dependencies([tf.debugging.assert_non_negative(labels, message=message),
+                                      tf.debugging.assert_less(labels, n, message=message)]):
+            return tf.identity(labels)
+
+    def generator(self, noise, labels, mode, use_ema: Optional[bool] = None) -> NetworkOutput:
+        """G in its scope. `use_ema` (default: `uses_ema(mode)`) reads the moving-average
+        weights (and, in TRAIN mode, gives the EMA generator's own batch-norm statistics)."""
+        labels = self.checked_labels(labels)
+        getter = _ema_getter if self.uses_ema(mode, use_ema) else None
+
+        def call():
+            with v1.variable_scope(GENERATOR, reuse=v1.AUTO_REUSE, custom_getter=getter):
+                return self.generator_fn(noise, labels, mode, self.params)
+
+        out = self._call(GENERATOR, call)
+        expected = list(self.model.sample_shape)
+        if not out.outputs.shape[1:].is_compatible_with(expected):
+            raise NetworkError(
+                f"the generator returned samples of shape {out.outputs.shape.as_list()}; "
+                f"expected [batch, {', '.join(map(str, expected))}] (model.sample_shape)")
+        return out
+
+    def discriminator(self, samples, labels, mode) -> NetworkOutput:
+        """D in its scope, with the same weights on every call; logits `[B]` (`[B / m]` with
+        PacGAN packing m, the network seeing packed samples)."""
+        labels = self.checked_labels(labels)
+        packed = networks.pack(samples, self.model.discriminator.packing)
+
+        def call():
+            with v1.variable_scope(DISCRIMINATOR, reuse=v1.AUTO_REUSE):
+                return self.discriminator_fn(packed, labels, mode, self.params)
+
+        out = self._call(DISCRIMINATOR, call)
+        logits = out.outputs
+        if logits.shape.rank == 2 and logits.shape[1] == 1:
+            logits = tf.squeeze(logits, axis=1)
+        if logits.shape.rank != 1:
+            raise NetworkError(f"the discriminator returned logits of shape "
+                               f"{logits.shape.as_list()}; expected [batch] or [batch, 1]")
+        return out._replace(outputs=logits)
+
+    def _call(self, scope: str, call: Callable) -> NetworkOutput:
+        """Run a network; collect what it left in the graph collections; refuse one that makes
+        variables outside its scope or on a repeated call, which would silently break weight
+        sharing and var_list separation."""
+        keys = (v1.GraphKeys.UPDATE_OPS, *networks.BATCH_NORM_COLLECTIONS,
+                networks.SPECTRAL_NORM_VECTORS, networks.SPECTRAL_NORM_UPDATES,
+                v1.GraphKeys.GLOBAL_VARIABLES)
+        existing = role_variables(scope, trainable=False)
+        out, (updates, means, variances, batch_means, batch_vars, vectors, steps, new) = \
+            _collected(keys, call)
+        if not tf.distribute.has_strategy():
+            # Mirrored variables add per-replica components to the collection; the
+            # single-device graphs (PREDICT, EVAL, any first run) have made the check already.
+            self._check_variables(scope, existing, new)
+        return NetworkOutput(tf.convert_to_tensor(out), updates,
+                             tuple(zip(means, variances, batch_means, batch_vars)),
+                             tuple(zip(vectors, steps)))
+
+    @staticmethod
+    def _check_variables(scope, existing, new) -> None:
+        new = [v for v in new if not v.op.name.endswith("/" + EMA_SUFFIX)]
+        names = ", ".join(v.op.name for v in new[:3]) + (", ..." if len(new) > 3 else "")
+        fix = ("build layers with tf.compat.v1.get_variable or tf.compat.v1.layers, or wrap a "
+               "Keras model with estimator_gan.keras_network")
+        if any(not v.op.name.startswith(scope + "/") for v in new):
+            raise NetworkError(f"the {scope} made variables outside the '{scope}/' variable "
+                               f"scope ({names}): {fix}")
+        if existing and new:
+            raise NetworkError(f"the {scope} made new variables when called again ({names}), "
+                               f"so its calls would not share weights: {fix}")
+
+
+# ------------------------------------------------------------------------ forward and loss
+
+
+class GANModel(NamedTuple):
+    """One forward pass. PREDICT builds one network only and leaves the other's fields None."""
+
+    noise: Optional[tf.Tensor]
+    labels: Optional[tf.Tensor]
+    real: Optional[tf.Tensor]
+    generated: Optional[tf.Tensor]
+    real_logits: Optional[tf.Tensor]
+    fake_logits: Optional[tf.Tensor]
+    generator_call: Optional[NetworkOutput]
+    real_call: Optional[NetworkOutput]
+    fake_call: Optional[NetworkOutput]
+
+
+class GANLosses(NamedTuple):
+    """The two losses (scalars); None for a role a graph does not update."""
+
+    discriminator: Optional[tf.Tensor]
+    generator: Optional[tf.Tensor]
+
+
+def gan_model(parts: GANParts, real, labels, mode, noise) -> GANModel:
+    """G on `noise`, then D on `real` and on the generated batch under `stop_gradient` (so the
+    D loss never reaches G; the G update calls D on `generated` itself)."""
+    generated = parts.generator(noise, labels, mode)
+    real_call = parts.discriminator(real, labels, mode)
+    fake_call = parts.discriminator(tf.stop_gradient(generated.outputs), labels, mode)
+    return GANModel(noise, labels, real, generated.outputs, real_call.outputs, fake_call.outputs,
+                    generated, real_call, fake_call)
+
+
+def generator_model(parts: GANParts, noise, labels, mode=ModeKeys.PREDICT) -> GANModel:
+    generated = parts.generator(noise, labels, mode)
+    return GANModel(noise, labels, None, generated.outputs, None, None, generated, None, None)
+
+
+def discriminator_model(parts: GANParts, samples, labels, mode=ModeKeys.PREDICT) -> GANModel:
+    call = parts.discriminator(samples, labels, mode)
+    return GANModel(None, labels, samples, None, call.outputs, None, None, call, None)
+
+
+def gan_losses(parts: GANParts, model: GANModel, mode, seed=None) -> GANLosses:
+    """Both losses of a forward pass: D's from both logits (and, for a gradient penalty, D
+    itself), G's from the logits of its samples."""
+    inputs = losses_lib.DiscriminatorLossInputs(
+        model.real_logits, model.fake_logits, model.real, model.generated,
+        lambda x: parts.discriminator(x, model.labels, mode).outputs, seed)
+    return GANLosses(parts.loss.discriminator_loss(inputs, parts.config.loss),
+                     parts.loss.generator_loss(model.fake_logits, parts.config.loss))
+
+
+def stateless_normal(shape, key) -> tf.Tensor:
+    return tf.random.stateless_normal(shape, seed=key)
+
+
+def fold(key, *data) -> tf.Tensor:
+    """A new stateless key from `key` and integers (e.g. the step and the update)."""
+    for value in data:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class GANTrainOps(NamedTuple):
+    """One `session.run` of training (see the module docstring).
+
+    `losses`: of the run's last step. `global_step_after`: the global step the run ends at.
+    `nonfinite_step`: the first step (1-based global step) of the run whose loss was NaN/inf, or
+    -1; `nonfinite_losses` its losses. `steps_per_run`: a placeholder with the graph's default,
+    to feed fewer steps. `refresh_statistics`: sets the EMA generator's batch-norm statistics
+    for its current weights (None when there is nothing to refresh). `samples`: the sample
+    picture's tensor, G in inference mode on fixed noise, after the refresh.
+    """
+
+    train_op: tf.Operation
+    losses: GANLosses
+    global_step_after: tf.Tensor
+    nonfinite_step: tf.Tensor
+    nonfinite_losses: GANLosses
+    steps_per_run: tf.Tensor
+    refresh_statistics: Optional[tf.Operation]
+    samples: tf.Tensor
+
+
+def step_counter(name: str) -> tf.Variable:
+    """`generator_step` / `discriminator_step`: updates made to each network."""
+    with v1.variable_scope(v1.VariableScope(reuse=v1.AUTO_REUSE, name="")):
+        return v1.get_variable(
+            name, shape=[], dtype=tf.int64, initializer=v1.zeros_initializer(), trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA, use_resource=True)
+
+
+def ema_variable(var) -> tf.Variable:
+    """The moving-average shadow of a generator variable. Its initializer reuses the variable's
+    initial-value tensor, so one initializer run gives both the same value."""
+    with v1.variable_scope(v1.VariableScope(reuse=v1.AUTO_REUSE, name="")):
+        # Under MirroredStrategy `var.op` is the current replica's component (`.../replica_1`).
+        name = re.sub(r"/replica_\d+$", "", var.op.name)
+        return v1.get_variable(f"{name}/{EMA_SUFFIX}", initializer=var.initial_value,
+                               trainable=False, aggregation=tf.VariableAggregation.MEAN)
+
+
+_OPTIMIZER_PREFIX = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSProp"}
+
+
+def _optimizer(cfg, role_prefix: str):
+    name = f"{role_prefix}_{_OPTIMIZER_PREFIX[cfg.name]}"
+    if cfg.name == "adam":
+        return v1.train.AdamOptimizer(cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, name=name)
+    if cfg.name == "rmsprop":
+        return v1.train.RMSPropOptimizer(cfg.learning_rate, name=name)
+    return v1.train.GradientDescentOptimizer(cfg.learning_rate, name=name)
+
+
+class _Trainer:
+    """Builds the updates of one graph with one pair of optimizers (see `gan_train_ops`)."""
+
+    def __init__(self, parts: GANParts, key):
+        self.parts = parts
+        self.key = key
+        train = parts.config.train
+        self.g_opt = _optimizer(train.generator_optimizer, "G")
+        self.d_opt = _optimizer(train.discriminator_optimizer, "D")
+
+    @staticmethod
+    def _apply(optimizer, loss, scope, counter, name_scope, update_ops=()):
+        var_list = role_variables(scope)
+        if not var_list:
+            raise ValueError(f"{name_scope}: the network has no trainable variables")
+        with tf.control_dependencies(list(update_ops)):
+            grads_and_vars = optimizer.compute_gradients(loss, var_list=var_list)
+        # Optimizer state (e.g. Adam's beta powers) is named after the enclosing name scope:
+        # fix it per role so it never depends on which update a graph builds first.
+        with v1.name_scope(name_scope + "/"):
+            return optimizer.apply_gradients(grads_and_vars, global_step=step_counter(counter))
+
+    def discriminator_update(self, real, labels, key) -> Tuple[tf.Operation, GANModel, tf.Tensor]:
+        """One D update on fresh fakes; returns the op, the forward pass (whose `generated`
+        batch a G update may reuse) and the loss. Power iterations advance after it."""
+        batch = tf.shape(real)[0]
+        noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 0))
+        model = gan_model(self.parts, real, labels, ModeKeys.TRAIN, noise)
+        d_loss = gan_losses(self.parts, model, ModeKeys.TRAIN, fold(key, 1)).discriminator
+        d_loss = tf.identity(d_loss, name="discriminator_loss")
+        op = self._apply(self.d_opt, d_loss, DISCRIMINATOR, DISCRIMINATOR_STEP, "D_train",
+                         model.real_call.update_ops + model.fake_call.update_ops)
+        pairs = model.real_call.power_iterations
+        if pairs:
+            # After the update: every read of `u` in this update (all feed its gradients) is done.
+            with tf.control_dependencies([op]):
+                op = tf.group([v1.assign(u, u_new) for u, u_new in pairs])
+        return op, model, d_loss
+
+    def generator_update(self, batch, labels, key, reuse: Optional[GANModel] = None):
+        """One G update through D: G's own variables (and batch-norm statistics) only. With
+        `reuse`, the generated batch (and its forward activations) of a D update whose G weights
+        are still current stands in for a new G forward."""
+        if reuse is None:
+            noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 0))
+            generated = self.parts.generator(noise, labels, ModeKeys.TRAIN)
+        else:
+            generated = reuse.generator_call
+        fake_logits = self.parts.discriminator(generated.outputs, labels, ModeKeys.TRAIN).outputs
+        g_loss = tf.identity(self.parts.loss.generator_loss(fake_logits, self.parts.config.loss),
+                             name="generator_loss")
+        op = self._apply(self.g_opt, g_loss, GENERATOR, GENERATOR_STEP, "G_train",
+                         generated.update_ops)
+        return self._update_ema(op, batch, labels, key), g_loss
+
+    def _update_ema(self, after, batch, labels, key):
+        """Once `after` (a G update) has run, move every shadow towards its G variable. Under a
+        distribution strategy, whose replicas cannot run a refresh outside the train op, the
+        EMA generator's batch-norm statistics are also updated here, on a fresh batch."""
+        decay = self.parts.ema_decay
+        if decay is None:
+            return after
+        with tf.control_dependencies([after]):
+            n = tf.cast(step_counter(GENERATOR_STEP).read_value(), tf.float32)
+            rate = 1.0 - tf.minimum(decay, (1.0 + n) / (10.0 + n))
+            updates = []
+            for var in role_variables(GENERATOR):
+                shadow = ema_variable(var)
+                updates.append(v1.assign_sub(shadow, (shadow - var.read_value()) * rate))
+        if tf.distribute.has_strategy():
+            with tf.control_dependencies(updates):
+                noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 3))
+                updates += list(self.parts.generator(noise, labels, ModeKeys.TRAIN, use_ema=True).update_ops)
+        return tf.group(updates)
+
+    def step(self, batches, labels, d_steps: int, g_steps: int, step) -> Tuple[tf.Operation, GANLosses]:
+        """One global step: `d_steps` D updates, then `g_steps` G updates, chained; a side with
+        zero updates is still built, unrun, so the graph holds its optimizer state."""
+        key = fold(self.key, step)
+        reuse_fakes = self.parts.config.train.reuse_fakes
+        dependency: List = []
+        d_loss = g_loss = model = None
+        for i in range(max(d_steps, 1)):
+            with tf.control_dependencies(dependency if d_steps else []):
+                op, model, loss = self.discriminator_update(batches[i], _at(labels, i), fold(key, 1, i))
+            if d_steps:
+                dependency, d_loss = [op], loss
+        last_labels = _at(labels, max(d_steps, 1) - 1)
+        batch = tf.shape(batches[max(d_steps, 1) - 1])[0]
+        for j in range(max(g_steps, 1)):
+            reuse = model if (j == 0 and d_steps and reuse_fakes) else None
+            with tf.control_dependencies(dependency if g_steps else []):
+                op, loss = self.generator_update(batch, last_labels, fold(key, 2, j), reuse)
+            if g_steps:
+                dependency, g_loss = [op], loss
+        with tf.control_dependencies(dependency):
+            increment = v1.assign_add(v1.train.get_global_step(), 1).op
+        return increment, GANLosses(d_loss, g_loss)
+
+
+def _at(labels, i):
+    return None if labels is None else labels[i]
+
+
+def run_key(config, worker: int = 0) -> tf.Tensor:
+    """The stateless key of a training process: (train.seed, worker)."""
+    seed = config.train.seed if config.train.seed is not None else 0
+    return tf.constant([seed, worker], tf.int64)
+
+
+def _nonfinite(losses: GANLosses) -> tf.Tensor:
+    values = [v for v in losses if v is not None]
+    return tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.stack(values)))) if values else tf.constant(False)
+
+
+def _zero_if_none(value):
+    return tf.constant(0.0) if value is None else value
+
+
+def gan_train_ops(parts: GANParts, features, labels, d_steps: int, g_steps: int,
+                  steps_per_run: int = 1, worker: int = 0) -> GANTrainOps:
+    """The training of one `session.run`: `features` is `[steps_per_run, max(d_steps, 1), B,
+    ...]` (and `labels` the matching `[..., B]` or None); feed `steps_per_run` (a
+    placeholder with that default) to make fewer steps, e.g. the last run before max_steps."""
+    expected = list(parts.model.sample_shape)
+    if not features.shape[3:].is_compatible_with(expected):
+        raise ConfigError(f"the input_fn yields examples of shape {features.shape.as_list()[3:]} "
+                          f"but model.sample_shape is {expected}: set model.sample_shape to match")
+    trainer = _Trainer(parts, run_key(parts.config, worker))
+    global_step = v1.train.get_global_step()
+    start = tf.identity(global_step.read_value())
+    steps = v1.placeholder_with_default(tf.constant(steps_per_run, tf.int64), [], name="steps_per_run")
+    first_op, first = trainer.step(features[0], _at(labels, 0), d_steps, g_steps, start)
+    bad = tf.where(_nonfinite(first), start + 1, tf.constant(-1, tf.int64))
+    state = (tf.constant(1, tf.int64), _zero_if_none(first.discriminator), _zero_if_none(first.generator),
+             bad, _zero_if_none(first.discriminator), _zero_if_none(first.generator))
+    if steps_per_run > 1:
+        def body(i, d, g, bad, bad_d, bad_g):
+            op, step_losses = trainer.step(features[i], _at(labels, i), d_steps, g_steps, start + i)
+            with tf.control_dependencies([op]):
+                d_new, g_new = (tf.identity(_zero_if_none(v)) for v in step_losses)
+                first_bad = tf.logical_and(bad < 0, _nonfinite(step_losses))
+                bad_new = tf.where(first_bad, start + i + 1, bad)
+                return (i + 1, d_new, g_new, bad_new,
+                        tf.where(first_bad, d_new, bad_d), tf.where(first_bad, g_new, bad_g))
+
+        with tf.control_dependencies([first_op]):
+            state = tf.while_loop(lambda i, *_: i < steps, body, state, parallel_iterations=1,
+                                  maximum_iterations=steps_per_run)
+        train_op = tf.group(state)
+    else:
+        train_op = first_op
+    done, d_last, g_last, bad, bad_d, bad_g = state
+    keep = GANLosses(d_last if d_steps else None, g_last if g_steps else None)
+    refresh = None if tf.distribute.has_strategy() else refresh_statistics(parts, trainer.key)
+    return GANTrainOps(train_op, keep, start + done, bad,
+                       GANLosses(bad_d if d_steps else None, bad_g if g_steps else None),
+                       steps, refresh, sample_grid(parts, refresh))
+
+
+def refresh_statistics(parts: GANParts, key) -> Optional[tf.Operation]:
+    """An op that sets the EMA generator's batch-norm statistics to the batch moments of the
+    current EMA weights on `REFRESH_BATCH` noise samples; None without EMA or batch norm."""
+    if parts.ema_decay is None:
+        return None
+    model = parts.model
+    noise = stateless_normal([REFRESH_BATCH, model.z_dim], fold(key, -1))
+    labels = (tf.constant(sampling.labels_in_turn(REFRESH_BATCH, model.num_classes))
+              if model.conditional else None)
+    call = parts.generator(noise, labels, ModeKeys.TRAIN, use_ema=True)
+    if not call.batch_norm:
+        return None
+    return tf.group([v1.assign(var, value) for moving_mean, moving_var, mean, variance in call.batch_norm
+                     for var, value in ((moving_mean, mean), (moving_var, variance))],
+                    name="refresh_ema_statistics")
+
+
+def sample_grid(parts: GANParts, after: Optional[tf.Operation] = None) -> tf.Tensor:
+    """G in inference mode on fixed noise, for the sample pictures: `train.sample_grid`
+    squared images (1024 points for 2D data), after `after` (the statistics refresh)."""
+    model = parts.model
+    count = 1024 if len(model.sample_shape) == 1 else parts.config.train.sample_grid ** 2
+    noise = tf.constant(sampling.noise(count, model.z_dim, SAMPLE_NOISE_SEED))
+    labels = tf.constant(sampling.labels_in_turn(count, model.num_classes)) if model.conditional else None
+    with tf.control_dependencies([after] if after is not None else []):
+        return generator_model(parts, noise, labels).generated

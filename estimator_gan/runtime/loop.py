@@ -1,0 +1,269 @@
+"""The orchestrated training loop: one Estimator whose TRAIN graph runs `steps_per_run` global
+steps of `d_steps` D updates and `g_steps` G updates per `session.run`, in one graph and one
+session, on one model_dir.
+
+Why not alternate `generator_estimator.train()` and `discriminator_estimator.train()`? Each
+`train()` call rebuilds the graph, opens a session, restores and saves a checkpoint: 1-2 s
+against a few ms for one update in an open session. RunConfig, hooks, resuming and TF_CONFIG
+distribution work as for any Estimator, and the generator and discriminator Estimators
+predict, evaluate, export or train further from the checkpoints it writes.
+
+What `train` does, in order: reads `TF_CONFIG` (one-line errors before any server starts); on
+the chief, under the model directory's lock: checks the config against the data and the
+checkpoint, checks that the model fits in memory, removes what a killed save left, resumes
+from the newest readable checkpoint, writes `config.yaml`; then trains (single process:
+`Estimator.train`; in a cluster: `tf.estimator.train_and_evaluate`).
+
+Exact resume (single process, in-memory data, the built-in input pipeline): the input stream
+starts at the example the checkpoint's step reached, and every random draw is keyed on the
+step (see `model.gan`), so an interrupted and resumed run computes what an uninterrupted one
+does, bit for bit on the same CPU build.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from estimator_gan import checkpoints, fileio
+from estimator_gan import config as config_lib
+from estimator_gan.data import pipeline, sources
+from estimator_gan.errors import ConfigError, DataError
+from estimator_gan.model import gan, model_fns
+from estimator_gan.runtime import cluster as cluster_lib
+from estimator_gan.runtime import hooks as hooks_lib
+from estimator_gan.runtime import model_dir as model_dir_lib
+from estimator_gan.runtime.signals import TimeBudget
+
+v1 = tf.compat.v1
+ModeKeys = tf.estimator.ModeKeys
+
+
+@dataclass
+class TrainResult:
+    """How a `train` call ended."""
+
+    step: int
+    is_chief: bool
+    cluster: Optional[cluster_lib.Cluster]
+    steps_per_run: int
+    budget_expired: bool = False
+    sample_path: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------- input fns
+
+
+def call_input_fn(input_fn, input_context=None):
+    """Call an input_fn that may or may not take an `input_context`."""
+    if "input_context" in inspect.signature(input_fn).parameters:
+        return input_fn(input_context=input_context)
+    return input_fn()
+
+
+def stacked_input_fn(input_fn: Callable, d_steps: int, steps_per_run: int) -> Callable:
+    """One element per `session.run`: `[steps_per_run, d_steps, B, ...]` consecutive batches."""
+
+    def fn(input_context=None):
+        ds = call_input_fn(input_fn, input_context).batch(d_steps, drop_remainder=True)
+        return ds.batch(steps_per_run, drop_remainder=True)
+
+    return fn
+
+
+def _lazy_input_fn(make: Callable[[], Callable]) -> Callable:
+    """An input_fn that builds the real one (loading the data) on first use only: processes of a
+    cluster that never read this input (ps, evaluator, chief for eval data) skip the loading."""
+    built: List[Callable] = []
+
+    def fn(input_context=None):
+        if not built:
+            built.append(make())
+        return call_input_fn(built[0], input_context)
+
+    return fn
+
+
+def _sharded_input_fn(input_fn: Callable, input_context) -> Callable:
+    """`input_fn` with a fixed input context (this worker's shard) when Estimator gives none."""
+
+    def fn(input_context_given=None):
+        return call_input_fn(input_fn, input_context_given or input_context)
+
+    return fn
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_labels(config) -> None:
+    """Refuse data whose labels (0..n-1, where known before reading it all) exceed
+    `model.num_classes`: an embedding lookup would fail mid-training or, on some devices,
+    silently read zeros."""
+    classes = config.model.num_classes
+    found = sources.num_classes(config.data) if classes is not None else None
+    if found is not None and found > classes:
+        raise DataError(
+            f"{config.data.source}: labels go up to {found - 1} but model.num_classes is "
+            f"{classes}; labels must lie in 0..{classes - 1}")
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def check_model_size(parts: gan.GANParts, memory: Optional[int] = None) -> int:
+    """Refuse networks whose variables (with both optimizers' slots and the EMA) would not fit
+    in half of this machine's memory; returns the estimated bytes. Builds the networks in a
+    throwaway graph (no memory is allocated)."""
+    model = parts.model
+    with tf.Graph().as_default():
+        noise = tf.zeros([2, model.z_dim])
+        labels = tf.zeros([2], tf.int32) if model.conditional else None
+        parts.generator(noise, labels, ModeKeys.TRAIN)
+        parts.discriminator(tf.zeros([2 * model.discriminator.packing] + list(model.sample_shape)),
+                            None if labels is None else tf.zeros([2 * model.discriminator.packing], tf.int32),
+                            ModeKeys.TRAIN)
+        variables = v1.global_variables()
+        sizes = [(int(np.prod(v.shape.as_list())) * v.dtype.size, v) for v in variables]
+    copies = 4 if parts.ema_decay is not None else 3  # weights, two Adam slots, EMA
+    total = sum(size for size, _ in sizes) * copies
+    memory = memory or _memory_bytes()
+    if total > memory // 2:
+        largest = max(sizes, key=lambda pair: pair[0])[1]
+        raise ConfigError(
+            f"the networks need about {total / 2 ** 30:.1f} GiB for their variables and "
+            f"optimizer state, more than half of this machine's {memory / 2 ** 30:.1f} GiB (the "
+            f"largest is {largest.op.name} {largest.shape.as_list()}, model.z_dim="
+            f"{model.z_dim}): make the model smaller")
+    return total
+
+
+def steps_per_run(config, requested: Optional[int] = None) -> int:
+    """The steps per `session.run`: the config's (or `requested`), lowered to the largest
+    divisor of the logging, summary and checkpoint intervals, so that each of them falls on a
+    run boundary."""
+    train = config.train
+    k = requested or train.steps_per_run
+    interval = math.gcd(math.gcd(train.log_every_steps, train.save_checkpoints_steps),
+                        train.save_summary_steps)
+    return max(d for d in range(1, min(k, interval) + 1) if interval % d == 0)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _training_hooks(config, model_dir: str, max_steps: int, k: int, progress: bool, stream) -> Callable:
+    """The `training_hooks(ops, scaffold)` the TRAIN spec calls with its `GANTrainOps`. (The
+    Estimator's checkpoint saver hook reads the global step after every run, so it saves at the
+    exact steps whatever K is; its summary hook does not, so with K > 1 `RunLoopHook` writes
+    the summaries.)"""
+    train = config.train
+    centres = config.data.mixture_centres()
+
+    def real_examples():
+        count = 1024 if centres is not None else min(64, train.sample_grid ** 2)
+        return pipeline.load_examples(config.data, limit=count, seed=config.eval.seed)[0]
+
+    def hooks_fn(ops: gan.GANTrainOps, scaffold):
+        hooks: List = []
+        chief: List = [hooks_lib.NonFiniteLossHook(ops, model_dir),
+                       hooks_lib.SamplePictureHook(ops, model_dir, train.save_checkpoints_steps,
+                                                   centres, real_examples)]
+        if k > 1:
+            hooks.append(hooks_lib.RunLoopHook(ops, k, max_steps, model_dir, train.save_summary_steps))
+        if progress:
+            hooks.append(hooks_lib.ProgressHook(ops, train.log_every_steps, max_steps,
+                                                config.data.batch_size * train.d_steps, stream))
+        return hooks, chief
+
+    return hooks_fn
+
+
+def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
+          max_steps: Optional[int] = None, hooks: Iterable = (), listeners: Iterable = (),
+          progress: bool = True, stream=None, run_config: Optional[tf.estimator.RunConfig] = None,
+          started: Optional[float] = None) -> TrainResult:
+    """Train the GAN of `params` (the Estimator params: `config`, optional custom networks and
+    loss) until global step `max_steps` (default `train.max_steps`), resuming from the latest
+    checkpoint in `model_dir` (see the module docstring). `hooks` and `listeners` are passed to
+    the Estimator; `run_config` (optional) supplies settings the config does not (its
+    model_dir is replaced). `started` (a `time.time()`) starts the `train.max_minutes` budget."""
+    config = params["config"]
+    train_cfg = config.train
+    max_steps = max_steps or train_cfg.max_steps
+    cluster = cluster_lib.read_tf_config()
+    cluster_lib.check_cluster(cluster, config.distribute)
+    is_chief = cluster.is_chief if cluster is not None else (run_config.is_chief if run_config else True)
+    if input_fn is None:
+        check_labels(config)
+    check_model_size(gan.GANParts.from_params(params))
+    model_dir_lib.check_architecture(config, model_dir)
+    with model_dir_lib.RunLock(model_dir) if is_chief else contextlib.nullcontext():
+        if is_chief:
+            model_dir_lib.remove_partial_files(model_dir)
+            model_dir_lib.recover_latest_checkpoint(model_dir)
+            config_lib.save_config(config, model_dir)
+        distributed = cluster is not None or config.distribute.strategy != "none"
+        k = 1 if distributed else steps_per_run(config)
+        budget = TimeBudget(train_cfg.max_minutes, started) if train_cfg.max_minutes else None
+        start_step = checkpoints.latest_step(model_dir)
+        overrides = dict(save_summary_steps=None) if k > 1 else {}
+        estimator_config = cluster_lib.make_run_config(config, model_dir, cluster, **overrides)
+        if run_config is not None:
+            estimator_config = run_config.replace(model_dir=model_dir, **overrides)
+        hooks_fn = _training_hooks(config, model_dir, max_steps, k, progress, stream)
+        estimator = tf.estimator.Estimator(
+            model_fn=model_fns.gan_model_fn, config=estimator_config,
+            params=dict(params, steps_per_run=k, training_hooks=hooks_fn))
+        all_hooks = list(hooks) + [hooks_lib.CheckpointCompatibilityHook(model_dir)]
+        if budget is not None:
+            all_hooks.append(budget)
+        default_input = input_fn is None
+        if default_input:
+            def input_fn_made():
+                return pipeline.make_input_fn(
+                    config.data, training=True, seed=train_cfg.seed,
+                    start_example=start_step * train_cfg.d_steps * config.data.batch_size)
+        else:
+            def input_fn_made():
+                return input_fn
+        if cluster is None:
+            estimator.train(stacked_input_fn(input_fn_made(), train_cfg.d_steps, k),
+                            max_steps=max_steps, hooks=all_hooks, saving_listeners=list(listeners))
+        else:
+            _train_and_evaluate(estimator, config, cluster, input_fn_made, default_input,
+                                max_steps, all_hooks, list(listeners))
+    step = checkpoints.latest_step(model_dir)
+    picture = fileio.join(model_dir, "samples", f"step_{step:08d}.png")
+    return TrainResult(step, is_chief, cluster, k, budget is not None and budget.expired,
+                       picture if fileio.exists(picture) else None)
+
+
+def _train_and_evaluate(estimator, config, cluster, input_fn_made, default_input, max_steps,
+                        hooks, listeners) -> None:
+    """This process's part of a distributed job (chief, worker, ps or evaluator), through
+    `tf.estimator.train_and_evaluate`."""
+    dcfg = config.distribute
+    train_input = (input_fn_made() if cluster.worker_index is not None or not default_input
+                   else _lazy_input_fn(input_fn_made))
+    context = cluster_lib.worker_input_context(cluster, dcfg)
+    if context is not None:
+        train_input = _sharded_input_fn(train_input, context)
+    train_spec = tf.estimator.TrainSpec(
+        stacked_input_fn(train_input, config.train.d_steps, 1), max_steps=max_steps,
+        hooks=hooks, saving_listeners=listeners)
+    eval_spec = tf.estimator.EvalSpec(
+        _lazy_input_fn(lambda: pipeline.make_input_fn(config.data, training=False, seed=config.train.seed)),
+        steps=dcfg.evaluator_steps, exporters=[hooks_lib.EvaluationPrinter()], start_delay_secs=0,
+        throttle_secs=dcfg.evaluator_throttle_secs)
+    tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)

@@ -1,0 +1,178 @@
+"""The serving interface of the exports: input receivers and the signatures built on them.
+
+Adding a generator signature is an edit of this file only: give `generator_receiver_fn` the
+placeholders it takes (as features) and `generator_signatures` the inputs it lists.
+
+Generator signatures (all return float32 `samples` in the training range and, for images,
+uint8 `images` and PNG `png_bytes`; a conditional model's also take int32 `labels [N]`):
+
+* `serving_default`, `noise` — float32 `noise [N, z_dim]`.
+* `seed` — int64 `seed`, int32 `count`: the graph draws the noise with stateless random ops, so
+  the same seed gives the same samples on any machine and after any reload.
+* `seed_truncated` — plus float32 `truncation`: noise from the normal truncated to [-t, t].
+
+Discriminator signature `serving_default`: float32 `samples [N, *sample_shape]` -> `logits`,
+`probabilities`. Inputs of the wrong shape fail in-graph with a readable message, since TF
+Serving's C++ server does not check requests against the signature.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+v1 = tf.compat.v1
+NOISE_SEED_SALT = 0x6a09e667
+
+
+def stateless_noise(seed, count, z_dim: int, truncation=0.0) -> tf.Tensor:
+    """Standard normal noise `[count, z_dim]`, a pure function of `seed` (stateless ops).
+
+    `truncation` t > 0 draws from the normal truncated to [-t, t] (resampling, not clipping:
+    inverse CDF of a uniform on [Phi(-t), Phi(t)]); 0 means no truncation.
+    """
+    seed_pair = tf.stack([tf.cast(seed, tf.int64), tf.constant(NOISE_SEED_SALT, tf.int64)])
+    limit = tf.where(truncation > 0, tf.cast(truncation, tf.float64), tf.constant(np.inf, tf.float64))
+    low = 0.5 * tf.math.erfc(limit / math.sqrt(2.0))
+    uniform = tf.random.stateless_uniform(tf.stack([count, z_dim]), seed_pair, dtype=tf.float64)
+    eps = np.finfo(np.float64).eps
+    p = tf.clip_by_value(low + uniform * (1.0 - 2.0 * low), eps, 1.0 - eps)
+    return tf.cast(tf.math.ndtri(p), tf.float32)
+
+
+# ---------------------------------------------------------------------------------- receivers
+
+
+def _labels_placeholder(config) -> Dict[str, tf.Tensor]:
+    if not config.model.conditional:
+        return {}
+    return {"labels": v1.placeholder(tf.int32, [None], name="labels")}
+
+
+def noise_receiver_fn(config):
+    """Receiver of float32 `noise [None, z_dim]` (plus int32 `labels [None]` when conditional)."""
+
+    def receiver_fn():
+        tensors = {"noise": v1.placeholder(tf.float32, [None, config.model.z_dim], name="noise"),
+                   **_labels_placeholder(config)}
+        return tf.estimator.export.ServingInputReceiver(tensors, tensors)
+
+    return receiver_fn
+
+
+def generator_receiver_fn(config):
+    """Receiver for every generator signature: int64 `seed` + int32 `count` (+ optional
+    float32 `truncation`, default 0 = none), from which the graph draws the noise, or the
+    `noise` itself, which overrides the drawn noise when fed. `generator_signatures` makes one
+    signature per way of asking."""
+    z_dim, max_count = config.model.z_dim, config.export.max_count
+
+    def receiver_fn():
+        seed = v1.placeholder(tf.int64, [], name="seed")
+        count = v1.placeholder(tf.int32, [], name="count")
+        truncation = v1.placeholder_with_default(tf.constant(0.0), [], name="truncation")
+        checks = [
+            tf.debugging.assert_positive(count, message="count must be at least 1"),
+            tf.debugging.assert_less_equal(
+                count, max_count, message=f"count must be at most {max_count} (export.max_count)"),
+            tf.debugging.assert_non_negative(
+                truncation, message="truncation must be >= 0 (0: no truncation)"),
+        ]
+        with tf.control_dependencies(checks):
+            drawn = stateless_noise(seed, count, z_dim, truncation)
+        noise = v1.placeholder_with_default(drawn, [None, z_dim], name="noise")
+        labels = _labels_placeholder(config)
+        features = {"noise": noise, "seed": seed, "count": count, "truncation": truncation, **labels}
+        return tf.estimator.export.ServingInputReceiver(
+            features, {"seed": seed, "count": count, "truncation": truncation, **labels})
+
+    return receiver_fn
+
+
+def discriminator_receiver_fn(config):
+    """Receiver of float32 `samples [None, *sample_shape]` (plus `labels` when conditional)."""
+
+    def receiver_fn():
+        tensors = {"samples": v1.placeholder(tf.float32, [None, *config.model.sample_shape],
+                                             name="samples"),
+                   **_labels_placeholder(config)}
+        return tf.estimator.export.ServingInputReceiver(tensors, tensors)
+
+    return receiver_fn
+
+
+# -------------------------------------------------------------------------------- signatures
+
+
+class SignatureOutput(tf.estimator.export.PredictOutput):
+    """A predict signature with its own inputs, so one PREDICT graph serves several input
+    signatures (noise; seed and count), each listing only the tensors its callers feed (TF
+    Serving requires a request to feed exactly a signature's inputs)."""
+
+    def __init__(self, inputs: Dict[str, tf.Tensor], outputs: Dict[str, tf.Tensor]):
+        super().__init__(outputs)
+        self.inputs = dict(inputs)
+
+    def as_signature_def(self, receiver_tensors):
+        return v1.saved_model.predict_signature_def(self.inputs, self.outputs)
+
+
+def checked_shape(tensor, shape: Sequence[int], name: str) -> tf.Tensor:
+    """`tensor` after an in-graph check that it is `[batch, *shape]`, failing with a readable
+    message instead of an obscure matmul or reshape error."""
+    expected = f"{name} must have shape (batch, {', '.join(str(d) for d in shape)})"
+    actual = tf.shape(tensor)
+    ok = tf.logical_and(tf.equal(tf.size(actual), len(shape) + 1),
+                        tf.reduce_all(tf.equal(actual[1:], list(shape))))
+    with tf.control_dependencies([tf.debugging.Assert(ok, [expected + "; got shape", actual])]):
+        return tf.identity(tensor)
+
+
+def checked_labels_count(tensor, labels):
+    """`tensor` after an in-graph check that `labels` (if any) has one entry per row of it."""
+    if labels is None:
+        return tensor
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.size(labels), tf.shape(tensor)[0], message="labels must hold one class id per sample")]):
+        return tf.identity(tensor)
+
+
+def image_outputs(samples) -> Dict[str, tf.Tensor]:
+    """Images `[B, H, W, C]` in [-1, 1] as uint8 `images` and PNG `png_bytes` [B] (TF Serving's
+    REST API base64-encodes outputs whose name ends in `_bytes`); nothing for other samples."""
+    if samples.shape.rank != 4 or samples.shape[-1] not in (1, 3, 4):
+        return {}
+    pixels = tf.cast(tf.clip_by_value(tf.round((samples + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+    png = tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.string)
+    return {"images": pixels, "png_bytes": png}
+
+
+def feature(features, key):
+    """`features[key]` for dict features; a bare tensor is the feature itself."""
+    return features[key] if isinstance(features, dict) else features
+
+
+def optional_feature(features, key) -> Optional[tf.Tensor]:
+    return features.get(key) if isinstance(features, dict) else None
+
+
+def generator_signatures(features, samples) -> Dict[str, SignatureOutput]:
+    """The generator's export outputs: one signature per way of asking present in `features`
+    (the noise always; seed and count when the receiver provides them)."""
+    outputs = {"samples": samples, **image_outputs(samples)}
+    labels = optional_feature(features, "labels")
+    labelled = {} if labels is None else {"labels": labels}
+    signatures = {"noise": {"noise": feature(features, "noise"), **labelled}}
+    if isinstance(features, dict) and "seed" in features:
+        by_seed = {"seed": features["seed"], "count": features["count"], **labelled}
+        signatures["seed"] = by_seed
+        signatures["seed_truncated"] = {**by_seed, "truncation": features["truncation"]}
+    export_outputs = {name: SignatureOutput(inputs, outputs) for name, inputs in signatures.items()}
+    export_outputs["serving_default"] = export_outputs["noise"]
+    return export_outputs
+
+
+def discriminator_signatures(predictions: Dict[str, tf.Tensor]):
+    return {"serving_default": tf.estimator.export.PredictOutput(predictions)}
