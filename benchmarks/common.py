@@ -43,9 +43,11 @@ tf.config.threading.set_intra_op_parallelism_threads(int(os.environ["TF_NUM_INTR
 tf.config.threading.set_inter_op_parallelism_threads(int(os.environ["TF_NUM_INTEROP_THREADS"]))
 
 from estimator_gan import config as config_lib  # noqa: E402
-from estimator_gan import data as data_lib  # noqa: E402
-from estimator_gan import losses as losses_lib  # noqa: E402
-from estimator_gan import model_fns, nets, training  # noqa: E402
+from estimator_gan.data import pipeline  # noqa: E402
+from estimator_gan.gan import GAN  # noqa: E402
+from estimator_gan.model import gan as gan_lib  # noqa: E402
+from estimator_gan.model import losses as losses_lib  # noqa: E402
+from estimator_gan.model import networks  # noqa: E402
 
 v1 = tf.compat.v1
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
@@ -137,13 +139,13 @@ PLAIN = ["model.discriminator.spectral_norm=false", "model.generator.ema_decay=n
 
 def dcgan_config(workdir: str, *overrides: str) -> config_lib.Config:
     """The shipped MNIST DCGAN job (configs/mnist_dcgan.yaml) on MNIST-sized data, plain."""
-    return training.resolve_config(config_lib.load_config(
+    return config_lib.resolve(config_lib.load_config(
         os.path.join(CONFIGS, "mnist_dcgan.yaml"), mnist_data_overrides(workdir) + PLAIN + list(overrides)))
 
 
 def mlp_config(*overrides: str) -> config_lib.Config:
     """The shipped 2D MLP job (configs/mixture_ring.yaml), plain."""
-    return training.resolve_config(config_lib.load_config(
+    return config_lib.resolve(config_lib.load_config(
         os.path.join(CONFIGS, "mixture_ring.yaml"), PLAIN + list(overrides)))
 
 
@@ -172,7 +174,7 @@ class ProductLoop:
     intervals; progress printed to a buffer), resumed on one model_dir for each measurement."""
 
     def __init__(self, config: config_lib.Config, model_dir: str):
-        self.gan = training.GAN(config, model_dir=model_dir)
+        self.gan = GAN(config, model_dir=model_dir)
         self.examples_per_step = examples_per_step(config)
         self.output = io.StringIO()
 
@@ -214,7 +216,7 @@ def keras_networks(config: config_lib.Config):
     samples = tf.keras.Input(shape)
     if m.architecture == "dcgan":
         height, width, channels = shape
-        n_up, h0, w0 = nets._upsampling_plan(height, width)
+        n_up, h0, w0 = networks._upsampling_plan(height, width)
         filters = [g_cfg.filters * 2 ** (n_up - 1 - i) for i in range(max(n_up, 1))]
         x = L.Dense(h0 * w0 * filters[0], kernel_initializer=_dcgan_init())(noise)
         x = norm_relu(L.Reshape([h0, w0, filters[0]])(x))
@@ -245,19 +247,19 @@ def keras_networks(config: config_lib.Config):
 
 def product_sizes(config: config_lib.Config) -> Dict[str, int]:
     """Number of values in each built-in network's variables (trainable and BN statistics)."""
-    params = {"config": config}
+    parts = gan_lib.GANParts.from_params({"config": config})
     with tf.Graph().as_default():
         z = tf.zeros([2, config.model.z_dim])
-        fake, _ = model_fns.generator(z, None, tf.estimator.ModeKeys.TRAIN, params)
-        model_fns.discriminator(fake, None, tf.estimator.ModeKeys.TRAIN, params)
+        fake = parts.generator(z, None, tf.estimator.ModeKeys.TRAIN).outputs
+        parts.discriminator(fake, None, tf.estimator.ModeKeys.TRAIN)
         return {scope: sum(int(np.prod(v.shape)) for v in v1.global_variables(scope + "/"))
-                for scope in (model_fns.GENERATOR_SCOPE, model_fns.DISCRIMINATOR_SCOPE)}
+                for scope in gan_lib.ROLES}
 
 
 def check_same_size(config: config_lib.Config, generator, discriminator) -> Dict[str, int]:
     sizes = product_sizes(config)
-    keras_sizes = {model_fns.GENERATOR_SCOPE: generator.count_params(),
-                   model_fns.DISCRIMINATOR_SCOPE: discriminator.count_params()}
+    keras_sizes = {gan_lib.GENERATOR: generator.count_params(),
+                   gan_lib.DISCRIMINATOR: discriminator.count_params()}
     if keras_sizes != sizes:
         raise AssertionError(f"Keras networks {keras_sizes} differ from the product's {sizes}")
     return sizes
@@ -306,7 +308,7 @@ class TFFunctionLoop:
             return d_loss, g_loss
 
         self._step = train_step
-        dataset = data_lib.make_input_fn(config.data, training=True, seed=train.seed)()
+        dataset = pipeline.make_input_fn(config.data, training=True, seed=train.seed)()
         self._batches = iter(dataset.batch(train.d_steps, drop_remainder=True))
 
     def _run(self, steps: int):

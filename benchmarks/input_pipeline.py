@@ -18,7 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (sets the thread pools before TensorFlow starts)
-from common import config_lib, data_lib, np, tf, training  # noqa: E402
+from common import config_lib, np, pipeline, tf  # noqa: E402
+from estimator_gan.runtime import loop  # noqa: E402
 
 TARGET = 10.0
 
@@ -54,7 +55,7 @@ def sources(workdir: str, args):
     record = write_tfrecord(os.path.join(workdir, "images.tfrecord"), image_dir)
     smoke = common.smoke_overrides(args)
     out = {
-        "digits": training.resolve_config(config_lib.load_config(None, smoke)),
+        "digits": config_lib.resolve(config_lib.load_config(None, smoke)),
         "mixture2d": common.mlp_config(),
     }
     if os.path.isdir(common.SHARED_MNIST):
@@ -62,9 +63,9 @@ def sources(workdir: str, args):
     out["npy"] = common.dcgan_config(workdir, *common.synthetic_image_overrides(workdir, 28, 1), *smoke)
     for cache in (True, False):
         tag = "" if cache else " (no cache)"
-        out["images" + tag] = training.resolve_config(config_lib.load_config(
+        out["images" + tag] = config_lib.resolve(config_lib.load_config(
             None, ["data.source=images", f"data.path={image_dir}", f"data.cache={cache}"] + smoke))
-        out["tfrecord" + tag] = training.resolve_config(config_lib.load_config(
+        out["tfrecord" + tag] = config_lib.resolve(config_lib.load_config(
             None, ["data.source=tfrecord", f"data.path={record}", f"data.cache={cache}"] + smoke))
     return out
 
@@ -73,8 +74,8 @@ class Pipeline:
     """The dataset `GAN.train` reads, iterated eagerly: seconds per batch after a warm-up."""
 
     def __init__(self, config):
-        input_fn = data_lib.make_input_fn(config.data, training=True, seed=config.train.seed)
-        self._it = iter(training.stacked_input_fn(input_fn, config.train.d_steps)())
+        input_fn = pipeline.make_input_fn(config.data, training=True, seed=config.train.seed)
+        self._it = iter(loop.stacked_input_fn(input_fn, config.train.d_steps, 1)())
 
     def measure(self, warmup: int, batches: int) -> float:
         for _ in range(warmup):

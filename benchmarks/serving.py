@@ -7,7 +7,7 @@ The MNIST DCGAN generator (configs/mnist_dcgan.yaml, briefly trained) is exporte
 `{"samples": ...}`), loaded with `tf.saved_model.load` and called through its
 `serving_default` signature (`exported`); `exported_session` runs the same SavedModel in a TF1
 Session, as TensorFlow Serving's C++ server does. The in-process baseline runs the same generator graph
-(`model_fns.generator` in inference mode, restored from the checkpoint) with `Session.run`.
+(the generator network in inference mode, restored from the checkpoint) with `Session.run`.
 Both take numpy noise and return numpy samples. Reported: batch-1 latency p50/p99 and batch-64
 throughput, repeats interleaved; ratios are exported / in-process speed (target >= 0.9).
 """
@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (sets the thread pools before TensorFlow starts)
-from common import model_fns, np, tf, v1  # noqa: E402
+from common import GAN, gan_lib, np, tf, v1  # noqa: E402
 
 TARGET = 0.9
 
@@ -69,8 +69,8 @@ class InProcess:
         self._graph = tf.Graph()
         with self._graph.as_default():
             self._noise = v1.placeholder(tf.float32, [None, gan.config.model.z_dim])
-            self._samples, _ = model_fns.generator(self._noise, None, tf.estimator.ModeKeys.PREDICT,
-                                                   {"config": gan.config})
+            parts = gan_lib.GANParts.from_params(gan.params)
+            self._samples = gan_lib.generator_model(parts, self._noise, None).generated
             self._session = v1.Session(graph=self._graph)
             v1.train.Saver().restore(self._session, tf.train.latest_checkpoint(gan.model_dir))
 
@@ -94,7 +94,7 @@ def main():
     workdir = common.workdir("serving")
     smoke = common.smoke_overrides(args)
     config = common.dcgan_config(workdir, *smoke)
-    gan = common.training.GAN(config, model_dir=os.path.join(workdir, "model"))
+    gan = GAN(config, model_dir=os.path.join(workdir, "model"))
     gan.train(max_steps=common.pick(args, 50, 20, 2), progress=False)
     path = export_generator(gan, os.path.join(workdir, "export"))
     callers = {"exported": Exported(path), "exported_session": ExportedSession(path),

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (sets the thread pools before TensorFlow starts)
-from common import training  # noqa: E402
+from common import GAN  # noqa: E402
 
 TARGETS = {"vs_tf_function": 0.9, "vs_naive_k1": 100.0}
 
@@ -34,7 +34,7 @@ class NaiveAlternation:
     """The recipe the product replaces: alternate `train(steps=k)` on the two Estimators."""
 
     def __init__(self, config, model_dir: str, k: int):
-        self.gan = training.GAN(config, model_dir=model_dir)
+        self.gan = GAN(config, model_dir=model_dir)
         self.input_fn = self.gan.input_fn()
         self.k = k
 

@@ -11,7 +11,7 @@ if not ((3, 9) <= _sys.version_info[:2] < (3, 12)):
         f"estimator-gan needs Python >=3.9,<3.12 (TensorFlow 2.15 with tf.estimator); "
         f"this is Python {_sys.version.split()[0]}")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "GAN": "estimator_gan.gan",

@@ -112,7 +112,7 @@ def _export_and_report(gan: GAN, export_dir: str, checkpoint=None, generator_onl
     return result
 
 
-def _model_dir_gan(model_dir: str, overrides) -> GAN:
+def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
     """The GAN of a model dir: its saved config with `overrides`, which may not change the
     architecture."""
     if not fileio.isdir(model_dir):
@@ -121,12 +121,12 @@ def _model_dir_gan(model_dir: str, overrides) -> GAN:
     config = config_lib.config_from_dict(saved.to_dict(), overrides)
     diffs = config_lib.architecture_differences(saved, config)
     if diffs:
-        raise ConfigError(f"this command cannot change the architecture ({'; '.join(diffs)})")
+        raise ConfigError(f"{command} cannot change the architecture ({'; '.join(diffs)})")
     return GAN(config, model_dir=model_dir)
 
 
 def export(args) -> int:
-    gan = _model_dir_gan(args.model_dir, args.overrides)
+    gan = _model_dir_gan(args.model_dir, args.overrides, "export")
     _export_and_report(gan, args.export_dir, args.checkpoint, args.generator_only, args.tflite or None)
     return 0
 
@@ -163,7 +163,7 @@ def generate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="estimator-gan-generate-") as scratch:
         source = args.export
         if args.model_dir:
-            gan = _model_dir_gan(args.model_dir, [])
+            gan = _model_dir_gan(args.model_dir, [], "generate")
             source = gan.export(scratch, tflite=False, generator_only=True).generator
         generator = saved_model.load_generator(source)
         if args.noise:
@@ -211,7 +211,7 @@ def evaluate_command(args) -> int:
     overrides = list(args.overrides)
     if args.num_samples is not None:
         overrides.append(f"eval.num_samples={args.num_samples}")
-    gan = _model_dir_gan(args.model_dir, overrides)
+    gan = _model_dir_gan(args.model_dir, overrides, "evaluate")
     metrics = evaluate.SampleMetrics(gan.config, args.model_dir, stream=sys.stdout)
     if args.export:
         record = evaluate.evaluate_export(args.export, metrics)

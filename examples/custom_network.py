@@ -45,7 +45,7 @@ def main():
     parser.add_argument("--model-dir", default=os.path.join("runs", "custom_mnist"))
     args = parser.parse_args()
 
-    config = eg.load_config(os.path.join(REPO, "configs", "mnist_dcgan.yaml"),
+    config = eg.load_config("mnist_dcgan",
                             [f"data.path={args.data}", f"train.max_steps={args.steps}",
                              # Keras networks: no generator EMA (see eg.keras_network), and no
                              # in-training metrics (their eager Keras classifier cannot share a

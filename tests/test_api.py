@@ -14,7 +14,8 @@ import yaml
 import custom_nets
 import estimator_gan as eg
 from conftest import REPO_ROOT, SHARED_MNIST, array_input_fn, tiny_config, tiny_images
-from estimator_gan import model_fns
+from estimator_gan.model import gan as gan_lib
+from estimator_gan.model import model_fns
 from test_cli import run_train
 
 v1 = tf.compat.v1
@@ -85,7 +86,7 @@ def test_custom_pair_shares_weights_between_calls_and_graphs(pair, tmp_path):
     params = _params(tmp_path, loss="wasserstein", **PAIRS[pair])  # GP: a 4th D call per update
     once, _ = _build(model_fns.discriminator_model_fn, ModeKeys.PREDICT, tiny_images(4), params)
     g_once, _ = _build(model_fns.generator_model_fn, ModeKeys.PREDICT, np.zeros((4, 8), np.float32), params)
-    train, _ = _build(model_fns.gan_model_fn, ModeKeys.TRAIN, tiny_images(8)[None], params)
+    train, _ = _build(model_fns.gan_model_fn, ModeKeys.TRAIN, tiny_images(8)[None, None], params)
     d_vars, g_vars = _names(once, "discriminator"), _names(g_once, "generator")
     assert any("moving_mean" in n for n in d_vars) and any("moving_mean" in n for n in g_vars)
     train_d = [n for n in _names(train, "discriminator") if "D_Adam" not in n]
@@ -137,7 +138,7 @@ def test_conditional_keras_generator_gets_the_labels(tmp_path):
 def test_raw_keras_layers_are_refused_with_a_clear_error(tmp_path):
     params = _params(tmp_path, discriminator_fn=custom_nets.raw_keras_discriminator)
     with pytest.raises(eg.NetworkError, match=r"discriminator made (variables outside|new variables).*keras_network"):
-        _build(model_fns.gan_model_fn, ModeKeys.TRAIN, tiny_images(8)[None], params)
+        _build(model_fns.gan_model_fn, ModeKeys.TRAIN, tiny_images(8)[None, None], params)
 
 
 def test_generator_of_the_wrong_shape_is_refused(tmp_path):
@@ -217,7 +218,7 @@ def test_registered_and_import_path_losses_are_recorded_in_the_config(tmp_path):
     assert eg.get_loss("test_api_loss").generator_loss is custom_nets.plain_generator_loss
     by_path = eg.GAN(tiny_config("loss.name=custom_nets:frozen_d_loss"), model_dir=str(tmp_path))
     assert by_path.config.loss.name == "custom_nets:frozen_d_loss"
-    assert model_fns._loss(by_path.params) == custom_nets.frozen_d_loss
+    assert gan_lib.GANParts.from_params(by_path.params).loss == custom_nets.frozen_d_loss
 
 
 def test_loss_with_a_wrong_signature_is_refused(tmp_path):

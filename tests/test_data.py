@@ -9,23 +9,24 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from estimator_gan import data
 from estimator_gan.config import DataConfig, MixtureConfig
+from estimator_gan.data import pipeline, sources
+from estimator_gan.errors import DataError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
 
 
 def batches(cfg, n=None, training=False, seed=None, input_context=None):
-    ds = data.make_input_fn(cfg, training=training, seed=seed)(input_context)
+    ds = pipeline.make_input_fn(cfg, training=training, seed=seed)(input_context)
     if n is not None:
         ds = ds.take(n)
     return list(ds.as_numpy_iterator())
 
 
 def assert_data_error(cfg_or_fn, *names):
-    with pytest.raises(data.DataError) as err:
-        cfg_or_fn() if callable(cfg_or_fn) else data.make_input_fn(cfg_or_fn)
+    with pytest.raises(DataError) as err:
+        cfg_or_fn() if callable(cfg_or_fn) else pipeline.make_input_fn(cfg_or_fn)
     message = str(err.value)
     assert "\n" not in message
     for name in names:
@@ -88,8 +89,8 @@ def write_tfrecord(path, images, labels=None, image_key="image/encoded",
 
 def test_digits_shapes_scaling_and_labels():
     cfg = DataConfig(source="digits", batch_size=8)
-    assert data.sample_shape(cfg) == (16, 16, 1)
-    assert data.num_classes(cfg) == 10
+    assert sources.sample_shape(cfg) == (16, 16, 1)
+    assert sources.num_classes(cfg) == 10
     (x, y), = batches(cfg, n=1, training=True, seed=0)
     assert x.shape == (8, 16, 16, 1) and x.dtype == np.float32
     assert y.shape == (8,) and y.dtype == np.int32
@@ -98,11 +99,11 @@ def test_digits_shapes_scaling_and_labels():
     from sklearn.datasets import load_digits
 
     raw = load_digits()
-    x8, y8 = data.load_examples(DataConfig(source="digits", image_size=8))
+    x8, y8 = pipeline.load_examples(DataConfig(source="digits", image_size=8))
     assert x8.shape == (1797, 8, 8, 1)
     np.testing.assert_allclose(x8[..., 0], raw.images / 8.0 - 1.0, atol=1e-6)
     np.testing.assert_array_equal(y8, raw.target)
-    x16, _ = data.load_examples(cfg, limit=3)
+    x16, _ = pipeline.load_examples(cfg, limit=3)
     assert x16.shape == (3, 16, 16, 1)
 
 
@@ -113,7 +114,7 @@ def test_training_shuffle_is_seeded_and_eval_is_one_ordered_pass():
     np.testing.assert_array_equal(a[1][0], b[1][0])
     ev = batches(cfg)
     assert len(ev) == 17  # 1797 // 100, remainder dropped
-    x, y = data.load_examples(cfg, limit=1700)
+    x, y = pipeline.load_examples(cfg, limit=1700)
     np.testing.assert_array_equal(np.concatenate([e[0] for e in ev]), x)
     np.testing.assert_array_equal(np.concatenate([e[1] for e in ev]), y)
 
@@ -121,17 +122,17 @@ def test_training_shuffle_is_seeded_and_eval_is_one_ordered_pass():
 def test_mixture2d_points_follow_their_modes_and_seed():
     mix = MixtureConfig(kind="grid", modes=4, radius=1.0, std=0.01, num_examples=400)
     cfg = DataConfig(source="mixture2d", batch_size=16, mixture=mix)
-    assert data.sample_shape(cfg) == (2,) and data.num_classes(cfg) == 4
-    x, y = data.load_examples(cfg)
+    assert sources.sample_shape(cfg) == (2,) and sources.num_classes(cfg) == 4
+    x, y = pipeline.load_examples(cfg)
     assert x.shape == (400, 2) and x.dtype == np.float32 and y.dtype == np.int32
     centres = np.asarray(mix.centres())
     assert np.abs(x - centres[y]).max() < 0.1
     assert set(y) == {0, 1, 2, 3}
     (bx, by), = batches(cfg, n=1, training=True, seed=0)
     assert bx.shape == (16, 2) and by.shape == (16,)
-    np.testing.assert_array_equal(data.load_examples(cfg, seed=7)[0],
-                                  data.load_examples(cfg, seed=7)[0])
-    assert not np.array_equal(data.load_examples(cfg, seed=7)[0], x)
+    np.testing.assert_array_equal(pipeline.load_examples(cfg, seed=7)[0],
+                                  pipeline.load_examples(cfg, seed=7)[0])
+    assert not np.array_equal(pipeline.load_examples(cfg, seed=7)[0], x)
 
 
 def test_mnist_idx_directory_uses_train_then_test(tmp_path):
@@ -142,8 +143,8 @@ def test_mnist_idx_directory_uses_train_then_test(tmp_path):
     write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), xte, 2051)
     write_idx(str(tmp_path / "t10k-labels-idx1-ubyte"), yte, 2049)
     cfg = DataConfig(source="mnist", path=str(tmp_path), batch_size=2)
-    assert data.sample_shape(cfg) == (28, 28, 1) and data.num_classes(cfg) == 10
-    x, y = data.load_examples(cfg)
+    assert sources.sample_shape(cfg) == (28, 28, 1) and sources.num_classes(cfg) == 10
+    x, y = pipeline.load_examples(cfg)
     assert x.shape == (8, 28, 28, 1) and x.dtype == np.float32
     np.testing.assert_array_equal(y, np.arange(8) % 10)
     np.testing.assert_array_equal(x[:, 3, 5, 0], to_float(np.arange(8) + 100))
@@ -152,23 +153,23 @@ def test_mnist_idx_directory_uses_train_then_test(tmp_path):
     assert len(ev) == 4 and ev[0][0].shape == (2, 28, 28, 1)
 
     small = DataConfig(source="mnist", path=str(tmp_path), image_size=14)
-    assert data.load_examples(small)[0].shape == (8, 14, 14, 1)
+    assert pipeline.load_examples(small)[0].shape == (8, 14, 14, 1)
 
 
 def test_mnist_single_idx_file_and_npz(tmp_path):
     x, y = mnist_like(4)
     write_idx(str(tmp_path / "a-images-idx3-ubyte.gz"), x, 2051)
-    got, labels = data.load_examples(DataConfig(source="mnist",
+    got, labels = pipeline.load_examples(DataConfig(source="mnist",
                                                 path=str(tmp_path / "a-images-idx3-ubyte.gz")))
     assert got.shape == (4, 28, 28, 1) and labels is None
     write_idx(str(tmp_path / "a-labels-idx1-ubyte.gz"), y, 2049)
-    _, labels = data.load_examples(DataConfig(source="mnist",
+    _, labels = pipeline.load_examples(DataConfig(source="mnist",
                                               path=str(tmp_path / "a-images-idx3-ubyte.gz")))
     np.testing.assert_array_equal(labels, y)
 
     x2, y2 = mnist_like(2, offset=4)
     np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x2, y_test=y2)
-    got, labels = data.load_examples(DataConfig(source="mnist", path=str(tmp_path / "mnist.npz")))
+    got, labels = pipeline.load_examples(DataConfig(source="mnist", path=str(tmp_path / "mnist.npz")))
     assert got.shape == (6, 28, 28, 1)
     np.testing.assert_array_equal(labels, np.arange(6))
     np.testing.assert_array_equal(got[:, 3, 5, 0], to_float(np.arange(6) + 100))
@@ -180,8 +181,8 @@ def test_images_folder_png_jpeg_recursive(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "sub" / "c.JPG", quality=95)
     (tmp_path / "notes.txt").write_text("not an image")
     cfg = DataConfig(source="images", path=str(tmp_path), image_size=8, batch_size=3)
-    assert data.sample_shape(cfg) == (8, 8, 3) and data.num_classes(cfg) is None
-    x, y = data.load_examples(cfg)
+    assert sources.sample_shape(cfg) == (8, 8, 3) and sources.num_classes(cfg) is None
+    x, y = pipeline.load_examples(cfg)
     assert y is None and x.shape == (3, 8, 8, 3) and x.dtype == np.float32
     np.testing.assert_array_equal(x[0], to_float(pattern(1)))  # a.png, exact
     np.testing.assert_array_equal(x[1], to_float(np.repeat(pattern(2)[..., :1], 3, -1)))
@@ -190,7 +191,7 @@ def test_images_folder_png_jpeg_recursive(tmp_path):
     assert b.shape == (3, 8, 8, 3) and b.dtype == np.float32 and -1 <= b.min() <= b.max() <= 1
 
     grey = DataConfig(source="images", path=str(tmp_path), image_size=4, channels=1)
-    gx, _ = data.load_examples(grey)
+    gx, _ = pipeline.load_examples(grey)
     assert gx.shape == (3, 4, 4, 1)
 
 
@@ -198,7 +199,7 @@ def test_images_are_center_cropped_then_resized(tmp_path):
     wide = np.zeros((8, 16, 3), np.uint8)
     wide[:, 4:12] = 255  # the central square is white, the side bands black
     write_png(str(tmp_path / "wide.png"), wide)
-    x, _ = data.load_examples(DataConfig(source="images", path=str(tmp_path), image_size=4))
+    x, _ = pipeline.load_examples(DataConfig(source="images", path=str(tmp_path), image_size=4))
     assert x.shape == (1, 4, 4, 3)
     np.testing.assert_array_equal(x, np.ones_like(x))
 
@@ -209,11 +210,11 @@ def test_tfrecord_file_glob_directory_and_labels(tmp_path):
     write_tfrecord(tmp_path / "part-1.tfrecords", images[3:], labels=[3, 4])
     for path in (tmp_path, tmp_path / "part-*", tmp_path / "part-0.tfrecord"):
         cfg = DataConfig(source="tfrecord", path=str(path), image_size=8, batch_size=2)
-        x, y = data.load_examples(cfg)
+        x, y = pipeline.load_examples(cfg)
         assert x.shape[1:] == (8, 8, 3) and x.dtype == np.float32 and y.dtype == np.int32
         for xi, yi in zip(x, y):
             np.testing.assert_array_equal(xi, to_float(images[yi]))
-    assert sorted(data.load_examples(DataConfig(source="tfrecord", path=str(tmp_path),
+    assert sorted(pipeline.load_examples(DataConfig(source="tfrecord", path=str(tmp_path),
                                                 image_size=8))[1]) == [0, 1, 2, 3, 4]
     (bx, by), = batches(cfg, n=1, training=True, seed=0)
     assert bx.shape == (2, 8, 8, 3) and by.shape == (2,) and by.dtype == np.int32
@@ -225,7 +226,7 @@ def test_tfrecord_file_glob_directory_and_labels(tmp_path):
 
     write_tfrecord(tmp_path / "unlabelled.tfrecord", images[:2])
     cfg = DataConfig(source="tfrecord", path=str(tmp_path / "unlabelled.tfrecord"), image_size=8)
-    x, y = data.load_examples(cfg)
+    x, y = pipeline.load_examples(cfg)
     assert y is None and x.shape == (2, 8, 8, 3)
 
 
@@ -235,8 +236,8 @@ def test_npy_points_and_images(tmp_path):
     np.save(tmp_path / "labels.npy", np.arange(10) % 3)
     cfg = DataConfig(source="npy", path=str(tmp_path / "points.npy"),
                      labels_path=str(tmp_path / "labels.npy"), batch_size=4)
-    assert data.sample_shape(cfg) == (2,) and data.num_classes(cfg) == 3
-    x, y = data.load_examples(cfg)
+    assert sources.sample_shape(cfg) == (2,) and sources.num_classes(cfg) == 3
+    x, y = pipeline.load_examples(cfg)
     np.testing.assert_array_equal(x, points.astype(np.float32))
     np.testing.assert_array_equal(y, np.arange(10) % 3)
     assert [b[0].shape for b in batches(cfg)] == [(4, 2), (4, 2)]
@@ -245,24 +246,24 @@ def test_npy_points_and_images(tmp_path):
     grey[:, 2, 3] = np.arange(6) * 40
     np.save(tmp_path / "grey.npy", grey)
     cfg = DataConfig(source="npy", path=str(tmp_path / "grey.npy"), batch_size=3)
-    assert data.sample_shape(cfg) == (5, 5, 1) and data.num_classes(cfg) is None
+    assert sources.sample_shape(cfg) == (5, 5, 1) and sources.num_classes(cfg) is None
     (b,) = batches(cfg, n=1)
     assert isinstance(b, np.ndarray) and b.shape == (3, 5, 5, 1) and b.dtype == np.float32
-    x, _ = data.load_examples(cfg)
+    x, _ = pipeline.load_examples(cfg)
     np.testing.assert_array_equal(x[:, 2, 3, 0], to_float(np.arange(6) * 40))
     big = DataConfig(source="npy", path=str(tmp_path / "grey.npy"), image_size=10, channels=3)
-    assert data.sample_shape(big) == (10, 10, 3)
-    assert data.load_examples(big)[0].shape == (6, 10, 10, 3)
+    assert sources.sample_shape(big) == (10, 10, 3)
+    assert pipeline.load_examples(big)[0].shape == (6, 10, 10, 3)
 
     rgb = np.linspace(-1, 1, 4 * 4 * 4 * 3, dtype=np.float32).reshape(4, 4, 4, 3)
     np.savez(tmp_path / "xy.npz", x=rgb, y=np.array([0, 1, 2, 5]))
     cfg = DataConfig(source="npy", path=str(tmp_path / "xy.npz"))
-    assert data.sample_shape(cfg) == (4, 4, 3) and data.num_classes(cfg) == 6
-    x, y = data.load_examples(cfg)
+    assert sources.sample_shape(cfg) == (4, 4, 3) and sources.num_classes(cfg) == 6
+    x, y = pipeline.load_examples(cfg)
     np.testing.assert_array_equal(x, rgb)
     np.testing.assert_array_equal(y, [0, 1, 2, 5])
     np.savez(tmp_path / "single.npz", images=rgb)
-    x, y = data.load_examples(DataConfig(source="npy", path=str(tmp_path / "single.npz")))
+    x, y = pipeline.load_examples(DataConfig(source="npy", path=str(tmp_path / "single.npz")))
     np.testing.assert_array_equal(x, rgb)
     assert y is None
 
@@ -301,7 +302,7 @@ def test_sharding_halves_the_batch_and_splits_the_data(tmp_path, source):
 def test_global_batch_must_divide_among_replicas():
     ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                      num_replicas_in_sync=2)
-    fn = data.make_input_fn(DataConfig(source="digits", batch_size=7))
+    fn = pipeline.make_input_fn(DataConfig(source="digits", batch_size=7))
     assert_data_error(lambda: fn(ctx), "batch_size 7", "2 replicas")
 
 
@@ -313,12 +314,12 @@ def test_input_fn_runs_inside_a_tf1_graph(tmp_path, source):
         cfg = DataConfig(source="images", path=str(tmp_path), image_size=8, batch_size=2)
     else:
         cfg = DataConfig(source="digits", batch_size=4)
-    input_fn = data.make_input_fn(cfg, training=True, seed=1)
+    input_fn = pipeline.make_input_fn(cfg, training=True, seed=1)
     with tf.Graph().as_default():
         ds = input_fn()
         nxt = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
         features = nxt[0] if isinstance(nxt, tuple) else nxt
-        assert features.shape.as_list() == [cfg.batch_size, *data.sample_shape(cfg)]
+        assert features.shape.as_list() == [cfg.batch_size, *sources.sample_shape(cfg)]
         with tf.compat.v1.Session() as sess:
             for _ in range(3):
                 out = sess.run(nxt)
@@ -354,7 +355,7 @@ def test_undecodable_image_fails_or_is_skipped(tmp_path, capsys):
     assert "cannot identify image file" in msg
     cfg = DataConfig(source="images", path=str(tmp_path), image_size=8, on_corrupt="skip",
                      batch_size=1)
-    x, _ = data.load_examples(cfg)
+    x, _ = pipeline.load_examples(cfg)
     np.testing.assert_array_equal(x, to_float(pattern(1))[None])
     assert len(batches(cfg)) == 1
     err = capsys.readouterr().err
@@ -384,7 +385,7 @@ def test_npy_wrong_shape_range_and_labels(tmp_path):
     expected = (f"npy: {tmp_path / 'a.npy'} holds shape (10, 5); "
                 "expected (N, 2), (N, H, W) or (N, H, W, C)")
     assert_data_error(cfg, expected)
-    assert_data_error(lambda: data.sample_shape(cfg), expected)
+    assert_data_error(lambda: sources.sample_shape(cfg), expected)
     np.save(tmp_path / "f.npy", np.full((3, 4, 4), 255.0, np.float32))
     assert_data_error(DataConfig(source="npy", path=str(tmp_path / "f.npy")),
                       "f.npy", "[255, 255]", "expected [-1, 1]")
@@ -393,7 +394,7 @@ def test_npy_wrong_shape_range_and_labels(tmp_path):
     cfg = DataConfig(source="npy", path=str(tmp_path / "p.npy"),
                      labels_path=str(tmp_path / "labels.npy"))
     assert_data_error(cfg, "labels.npy", "9 labels", "10 examples")
-    assert_data_error(lambda: data.num_classes(cfg), "labels.npy")
+    assert_data_error(lambda: sources.num_classes(cfg), "labels.npy")
 
 
 def test_tfrecord_without_the_image_feature(tmp_path):
@@ -408,7 +409,7 @@ def test_tfrecord_without_the_image_feature(tmp_path):
 
 def test_eval_needs_one_full_batch():
     cfg = DataConfig(source="mixture2d", mixture=MixtureConfig(num_examples=10), batch_size=16)
-    assert_data_error(lambda: data.make_input_fn(cfg, training=False)(), "mixture2d",
+    assert_data_error(lambda: pipeline.make_input_fn(cfg, training=False)(), "mixture2d",
                       "batch of 16")
     assert len(batches(cfg, n=2, training=True)) == 2  # training repeats past the epoch
 
@@ -420,7 +421,7 @@ def test_eval_needs_one_full_batch():
                     reason=f"real MNIST test set not found at {REAL_MNIST}")
 def test_real_mnist_test_set():
     cfg = DataConfig(source="mnist", path=REAL_MNIST, batch_size=500)
-    x, y = data.load_examples(cfg)
+    x, y = pipeline.load_examples(cfg)
     assert x.shape == (10000, 28, 28, 1) and x.min() == -1.0 and x.max() == 1.0
     assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert len(batches(cfg)) == 20

@@ -12,9 +12,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, tiny_config, tiny_images, array_input_fn
-from estimator_gan import distributed
-from estimator_gan import training
-from estimator_gan.config import ConfigError, DistributeConfig
+from estimator_gan.config import DistributeConfig
+from estimator_gan.data import pipeline
+from estimator_gan.errors import ConfigError
+from estimator_gan.gan import GAN
+from estimator_gan.runtime import cluster as distributed
+from estimator_gan.runtime import launcher
 
 CLUSTER_TIMEOUT = 420  # seconds for the whole job; the launcher stops every process after it
 
@@ -92,8 +95,8 @@ def test_parameter_server_cluster_trains_evaluates_and_exports(tmp_path):
 def test_mirrored_on_two_cpu_devices_restores_into_single_device_estimators(tmp_path):
     model_dir = str(tmp_path / "mirrored")
     cfg = tiny_config("distribute.strategy=mirrored", "distribute.num_devices=2")
-    gan = training.GAN(cfg, model_dir=model_dir)
-    assert gan.run_config.train_distribute.num_replicas_in_sync == 2
+    gan = GAN(cfg, model_dir=model_dir)
+    assert gan.estimator.config.train_distribute.num_replicas_in_sync == 2
     assert gan.train(array_input_fn(tiny_images()), max_steps=4, progress=False) == 4
 
     reader = tf.train.load_checkpoint(model_dir)
@@ -104,8 +107,8 @@ def test_mirrored_on_two_cpu_devices_restores_into_single_device_estimators(tmp_
     assert not np.allclose(reader.get_tensor("generator/project_bn/moving_mean"), 0.0)
     assert glob.glob(os.path.join(model_dir, "samples", "step_*.png"))
 
-    single = training.GAN(tiny_config(), model_dir=model_dir)
-    assert single.run_config.train_distribute is None
+    single = GAN(tiny_config(), model_dir=model_dir)
+    assert single.estimator.config.train_distribute is None
     samples = single.generate(3)
     assert samples.shape == (3, 8, 8, 1) and np.all(np.isfinite(samples))
     single.discriminator_estimator.train(array_input_fn(tiny_images()), max_steps=5)
@@ -168,11 +171,10 @@ def test_parameter_server_workers_read_their_own_shard():
     assert all(contexts[k].num_input_pipelines == 3 and contexts[k].num_replicas_in_sync == 1
                for k in (("chief", 0), ("worker", 0), ("worker", 1)))
 
-    from estimator_gan import data
     cfg = tiny_config(*TINY_MLP).data
     seen = []
     for key in (("chief", 0), ("worker", 0)):
-        ds = data.make_input_fn(cfg, training=False)(input_context=contexts[key])
+        ds = pipeline.make_input_fn(cfg, training=False)(input_context=contexts[key])
         seen.append({tuple(np.round(x, 6)) for batch in ds.take(5) for x in batch[0].numpy()})
     assert seen[0] and seen[1] and not seen[0] & seen[1]
 
@@ -188,7 +190,7 @@ def test_cli_refuses_bad_tf_config_before_starting_anything(tmp_path):
 
 
 def test_local_tf_configs_use_distinct_free_ports():
-    configs = distributed.local_tf_configs(workers=2, ps=1, evaluator=True)
+    configs = launcher.local_tf_configs(workers=2, ps=1, evaluator=True)
     assert [(t, i) for t, i, _ in configs] == [("chief", 0), ("worker", 0), ("worker", 1), ("ps", 0), ("evaluator", 0)]
     cluster = configs[0][2]["cluster"]
     addresses = [a for job in cluster.values() for a in job]

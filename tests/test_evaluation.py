@@ -13,9 +13,11 @@ from PIL import Image
 
 from conftest import REPO_ROOT, tiny_config
 from estimator_gan import cli
-from estimator_gan import data as data_lib
-from estimator_gan import evaluation as ev
-from estimator_gan import training
+from estimator_gan import config as config_lib
+from estimator_gan.data import pipeline
+from estimator_gan.evaluation import evaluate as ev
+from estimator_gan.evaluation import metric_ops, metrics, report
+from estimator_gan.gan import GAN
 
 # Keras 2.15 seeds its initializers with random.randint(1, 1e9).
 pytestmark = pytest.mark.filterwarnings("ignore:non-integer arguments to randrange")
@@ -33,7 +35,7 @@ def _digits_config(*overrides):
 def digits_run(tmp_path_factory):
     """A tiny digits GAN trained 4 steps (checkpoints at 0, 2, 4), evaluated every 2nd one."""
     model_dir = str(tmp_path_factory.mktemp("digits"))
-    gan = training.GAN(_digits_config("eval.every_checkpoints=2", "data.split.fraction=0.5"),
+    gan = GAN(_digits_config("eval.every_checkpoints=2", "data.split.fraction=0.5"),
                        model_dir=model_dir)
     gan.train(progress=False)
     return gan
@@ -51,14 +53,14 @@ def _events(model_dir):
 
 def test_data_split_parts_are_disjoint_complementary_and_seeded():
     cfg = tiny_config("data.source=digits", "data.split.fraction=0.3", "data.split.seed=5").data
-    first, y_first = data_lib.load_examples(cfg)
-    second, _ = data_lib.load_examples(cfg.model_copy(update={"split": cfg.split.complement()}))
-    full, _ = data_lib.load_examples(cfg.model_copy(update={"split": None}))
+    first, y_first = pipeline.load_examples(cfg)
+    second, _ = pipeline.load_examples(cfg.model_copy(update={"split": cfg.split.complement()}))
+    full, _ = pipeline.load_examples(cfg.model_copy(update={"split": None}))
     assert len(first) == round(0.3 * len(full)) and len(first) + len(second) == len(full)
     rows = {r.tobytes() for r in full}
     assert {r.tobytes() for r in first} | {r.tobytes() for r in second} == rows
-    assert np.array_equal(data_lib.load_examples(cfg)[0], first)
-    other_seed, _ = data_lib.load_examples(cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": 6})}))
+    assert np.array_equal(pipeline.load_examples(cfg)[0], first)
+    other_seed, _ = pipeline.load_examples(cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": 6})}))
     assert not np.array_equal(other_seed, first)
     assert len(y_first) == len(first)
 
@@ -73,12 +75,12 @@ def test_mixture_metric_ops_match_numpy_on_true_mixture_and_one_mode():
     for points, modes, kl in ((true_mix, k, None), (one_mode, 1, math.log(k)), (far, 0, None)):
         with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
             batch = tf.compat.v1.placeholder(tf.float32, [None, 2])
-            ops = ev.mixture_metric_ops(batch, centres, cfg.std)
+            ops = metric_ops.mixture_metric_ops(batch, centres, cfg.std)
             sess.run(tf.compat.v1.local_variables_initializer())
             for chunk in np.array_split(points, 5):
                 sess.run([u for _, u in ops.values()], {batch: chunk})
             got = sess.run({name: v for name, (v, _) in ops.items()})
-        want = ev.mixture_mode_metrics(points, centres, cfg.std)
+        want = metrics.mixture_mode_metrics(points, centres, cfg.std)
         assert got["mixture/modes_covered"] == want["modes_covered"] == modes
         assert got["mixture/high_quality_share"] == pytest.approx(want["high_quality_share"], abs=1e-6)
         if modes:
@@ -90,7 +92,7 @@ def test_mixture_metric_ops_match_numpy_on_true_mixture_and_one_mode():
 
 
 def test_mixture_model_reports_mode_metrics_in_eval_and_against_real_reference(tmp_path):
-    gan = training.GAN(tiny_config("train.max_steps=2", *TINY_EVAL, architecture="mlp"),
+    gan = GAN(tiny_config("train.max_steps=2", *TINY_EVAL, architecture="mlp"),
                        model_dir=str(tmp_path))
     gan.train(progress=False)
     result = gan.evaluate(steps=2)
@@ -99,12 +101,14 @@ def test_mixture_model_reports_mode_metrics_in_eval_and_against_real_reference(t
     assert 0.0 <= result["mixture/high_quality_share"] <= 1.0
     assert "loss/generator" in result and "discriminator/accuracy_real" in result
 
-    record = ev.evaluate_checkpoint(gan, ev.SampleMetrics(gan.config, gan.model_dir))
+    record = ev.evaluate_checkpoint(gan.generate, ev.SampleMetrics(gan.config, gan.model_dir),
+                                    tf.train.latest_checkpoint(gan.model_dir),
+                                    lambda path: gan.evaluate(steps=2, checkpoint_path=path))
     assert record["kind"] == "mixture" and record["step"] == 2
     assert record["reference"]["modes_covered"] == num_modes
     assert record["reference"]["high_quality_share"] > 0.95
     assert record["estimator"]["mixture/modes_covered"] == result["mixture/modes_covered"]
-    paths = ev.write_plots(gan.model_dir, gan.config, record)
+    paths = report.write_plots(gan.model_dir, gan.config, record)
     scatter = Image.open(paths[-1])
     assert paths[-1].endswith("samples_step_00000002.png") and scatter.size == (400, 400)
 
@@ -157,29 +161,41 @@ def test_evaluate_command_prints_table_and_writes_eval_json_and_plots(digits_run
     assert os.path.isfile(os.path.join(model_dir, ev.EVAL_DIR, "samples_step_00000004.png"))
 
 
-def test_evaluate_export_matches_the_checkpoint_samples(digits_run, tmp_path, capsys):
+def test_evaluate_export_reads_the_projects_export_at_its_highest_version(digits_run, tmp_path, capsys):
+    """`evaluate --export` takes what `generate --export` takes (an export dir, its generator/
+    dir, one version), picks version 10 over 9, and draws the same samples as the checkpoint."""
     gan = digits_run
+    exports = tmp_path / "exports"
+    plain = GAN(config_lib.config_from_dict(gan.config.to_dict(), ["export.standing_statistics=false"]),
+                model_dir=gan.model_dir)
+    plain.export(str(exports), checkpoint_path=os.path.join(gan.model_dir, "model.ckpt-2"))
+    plain.export(str(exports))  # version 2: step 4, the latest checkpoint
+    for part in ("generator", "discriminator"):
+        os.rename(exports / part / "1", exports / part / "9")
+        os.rename(exports / part / "2", exports / part / "10")
+    from_export = ev.export_samples(str(exports), gan.config)
+    np.testing.assert_allclose(from_export, gan.generate(len(from_export), seed=gan.config.eval.seed),
+                               atol=1e-5)
+    for where in (exports, exports / "generator", exports / "generator" / "10"):
+        output = str(tmp_path / "export_eval.json")
+        assert cli.main(["evaluate", "--model-dir", gan.model_dir, "--export", str(where),
+                         "--output", output]) == 0
+        saved = json.load(open(output))
+        assert saved["source"] == "export" and saved["step"] is None
+        assert saved["export"] == str(exports / "generator" / "10") and "frechet_distance" in saved["metrics"]
+        assert "real reference" in capsys.readouterr().out
 
-    def receiver():
-        noise = tf.compat.v1.placeholder(tf.float32, [None, gan.config.model.z_dim], name="noise")
-        return tf.estimator.export.ServingInputReceiver({"noise": noise}, {"noise": noise})
-
-    export_base = str(tmp_path / "export")
-    gan.generator_estimator.export_saved_model(export_base, receiver)
-    from_export = ev.export_samples(export_base, gan.config, 10, seed=3)
-    np.testing.assert_allclose(from_export, gan.generate(10, seed=3), atol=1e-5)
-
-    output = str(tmp_path / "export_eval.json")
-    assert cli.main(["evaluate", "--model-dir", gan.model_dir, "--export", export_base,
-                     "--output", output]) == 0
-    saved = json.load(open(output))
-    assert saved["source"] == "export" and saved["step"] is None
-    assert saved["export"].startswith(export_base) and "frechet_distance" in saved["metrics"]
-    assert "real reference" in capsys.readouterr().out
+    other = tmp_path / "other"
+    other.mkdir()
+    config_lib.save_config(config_lib.config_from_dict(gan.config.to_dict(), ["model.z_dim=9"]), str(other))
+    assert cli.main(["evaluate", "--model-dir", str(other), "--export", str(exports)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "takes noise of 8 values" in err and "model.z_dim 9" in err
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--export", "/nonexistent/export"], "export directory not found: /nonexistent/export"),
+    (["--export", "/nonexistent/export"], "export not found: /nonexistent/export"),
     (["--checkpoint", "/nonexistent/model.ckpt-3"], "checkpoint not found"),
     (["--set", "eval.num_samples=5000"], "eval.num_samples=5000 needs at least 5002"),
 ])
@@ -195,15 +211,15 @@ def test_evaluate_refuses_a_directory_that_is_not_a_model_dir(tmp_path, capsys):
 
 
 def test_unlabelled_images_use_the_fallback_features(tmp_path):
-    digits, _ = data_lib.load_examples(tiny_config("data.source=digits", "data.image_size=8").data)
+    digits, _ = pipeline.load_examples(tiny_config("data.source=digits", "data.image_size=8").data)
     path = str(tmp_path / "digits.npy")
     np.save(path, digits)
     config = tiny_config("data.source=npy", f"data.path={path}", "model.sample_shape=null",
                          "eval.num_samples=200", "eval.kid_subset_size=100")
-    metrics = ev.SampleMetrics(training.resolve_config(config), str(tmp_path))
+    sample_metrics = ev.SampleMetrics(config_lib.resolve(config), str(tmp_path))
     noise = np.random.default_rng(0).uniform(-1, 1, (200, 8, 8, 1))
-    model, reference = metrics(noise)
-    assert metrics.kind == "fallback" and "classifier_score" not in model
+    model, reference = sample_metrics(noise)
+    assert sample_metrics.kind == "fallback" and "classifier_score" not in model
     assert set(model) == set(reference) == {"frechet_distance", "kid", "kid_std"}
     assert model["frechet_distance"] > 10 * reference["frechet_distance"]
     assert model["kid"] > reference["kid"]

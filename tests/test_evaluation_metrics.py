@@ -6,7 +6,8 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
-from estimator_gan import evaluation as ev
+from estimator_gan.evaluation import classifier as classifier_lib
+from estimator_gan.evaluation import metrics as ev
 
 # Keras 2.15 seeds its initializers with random.randint(1, 1e9).
 pytestmark = pytest.mark.filterwarnings("ignore:non-integer arguments to randrange")
@@ -167,7 +168,7 @@ def classifier_setup(tmp_path_factory):
     rng = np.random.default_rng(11)
     images, labels = _pattern_images(rng, 600)
     cache = str(tmp_path_factory.mktemp("clf") / "classifier.keras")
-    clf = ev.train_feature_classifier(images[:300], labels[:300], 3, cache_path=cache,
+    clf = classifier_lib.train_feature_classifier(images[:300], labels[:300], 3, cache_path=cache,
                                       epochs=4, batch_size=32)
     return clf, cache, images, labels
 
@@ -184,16 +185,16 @@ def test_feature_classifier_trains_and_caches(classifier_setup):
 
     assert os.path.exists(cache)
     assert [f for f in os.listdir(os.path.dirname(cache)) if f.startswith(".tmp")] == []
-    loaded = ev.train_feature_classifier(images[:300], labels[:300], 3, cache_path=cache)
+    loaded = classifier_lib.train_feature_classifier(images[:300], labels[:300], 3, cache_path=cache)
     np.testing.assert_array_equal(loaded.features(test_x), feats)
 
     with pytest.raises(ValueError, match="shape"):
         clf.features(np.zeros((4, 16, 16, 1), np.float32))
     with pytest.raises(ValueError, match="shape"):
-        ev.train_feature_classifier(np.zeros((4, 16, 16, 1), np.float32), np.zeros(4, int), 3,
+        classifier_lib.train_feature_classifier(np.zeros((4, 16, 16, 1), np.float32), np.zeros(4, int), 3,
                                     cache_path=cache)
     with pytest.raises(ValueError, match="classes"):
-        ev.train_feature_classifier(images[:4], np.zeros(4, int), 5, cache_path=cache)
+        classifier_lib.train_feature_classifier(images[:4], np.zeros(4, int), 5, cache_path=cache)
 
 
 def test_feature_space_real_floor_below_noise(classifier_setup):
@@ -216,7 +217,7 @@ def test_feature_classifier_requires_eager():
     images = np.zeros((4, 8, 8, 1), np.float32)
     with tf.Graph().as_default():
         with pytest.raises(RuntimeError, match="eager"):
-            ev.train_feature_classifier(images, np.array([0, 1, 0, 1]), 2)
+            classifier_lib.train_feature_classifier(images, np.array([0, 1, 0, 1]), 2)
 
 
 def test_fallback_features_deterministic():

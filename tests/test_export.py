@@ -16,8 +16,12 @@ from tensorflow.core.protobuf import config_pb2
 
 from conftest import REPO_ROOT, array_input_fn, tiny_config, tiny_images
 from estimator_gan import cli
-from estimator_gan import export as export_lib
-from estimator_gan.training import GAN
+from estimator_gan.errors import ExportError
+from estimator_gan.gan import GAN
+from estimator_gan.model import gan as gan_lib
+from estimator_gan.serving import export as export_lib
+from estimator_gan.serving import saved_model, signatures
+from estimator_gan.serving import tflite as tflite_lib
 
 v1 = tf.compat.v1
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -36,7 +40,7 @@ def trained(tmp_path_factory):
     exported once with TFLite."""
     root = tmp_path_factory.mktemp("export")
     gan = _train(root / "model")
-    result = export_lib.export(gan, str(root / "exports"), tflite=True)
+    result = gan.export(str(root / "exports"), tflite=True)
     return gan, result, root
 
 
@@ -53,13 +57,13 @@ def test_layout_signatures_and_assets(trained):
     info = json.load(open(exports / "generator" / "1" / "assets.extra" / "export_info.json"))
     assert info["global_step"] == 4 and info["standing_statistics"]["batches"] == 4
 
-    signatures = export_lib.signature_defs(result.generator)
+    signatures = saved_model.signature_defs(result.generator)
     assert set(signatures) == {"serving_default", "noise", "seed", "seed_truncated"}
     assert set(signatures["serving_default"].inputs) == {"noise"}
     assert set(signatures["seed"].inputs) == {"seed", "count"}
     assert set(signatures["seed_truncated"].inputs) == {"seed", "count", "truncation"}
     assert set(signatures["noise"].outputs) == {"samples", "images", "png_bytes"}
-    d_signature = export_lib.signature_defs(result.discriminator)["serving_default"]
+    d_signature = saved_model.signature_defs(result.discriminator)["serving_default"]
     assert set(d_signature.inputs) == {"samples"} and set(d_signature.outputs) == {"logits", "probabilities"}
 
 
@@ -75,7 +79,7 @@ def test_generator_export_holds_only_generator_variables(trained):
 
 def test_seed_signature_is_reproducible_across_loads_and_outputs_agree(trained):
     _, result, _ = trained
-    first, second = export_lib.load_generator(result.generator), export_lib.load_generator(result.generator)
+    first, second = saved_model.load_generator(result.generator), saved_model.load_generator(result.generator)
     a, b = first.from_seed(7, 5), second.from_seed(7, 5)
     assert a["samples"].shape == (5, 8, 8, 1) and a["samples"].dtype == np.float32
     assert np.array_equal(a["samples"], b["samples"])
@@ -90,22 +94,22 @@ def test_seed_signature_is_reproducible_across_loads_and_outputs_agree(trained):
 
 def test_batch_norm_is_deterministic_and_rows_equal_batch(trained):
     _, result, _ = trained
-    served = export_lib.load_generator(result.generator)
+    served = saved_model.load_generator(result.generator)
     noise = np.random.RandomState(3).standard_normal((6, 8)).astype(np.float32)
     once, twice = served.from_noise(noise)["samples"], served.from_noise(noise)["samples"]
     assert np.array_equal(once, twice)
-    reloaded = export_lib.load_generator(result.generator).from_noise(noise)["samples"]
+    reloaded = saved_model.load_generator(result.generator).from_noise(noise)["samples"]
     assert np.array_equal(once, reloaded)
     rows = np.concatenate([served.from_noise(noise[i:i + 1])["samples"] for i in range(6)])
     np.testing.assert_allclose(rows, once, atol=1e-6)
 
 
 def test_stateless_noise_truncation():
-    noise = export_lib.stateless_noise(tf.constant(5, tf.int64), 4000, 8, 0.0).numpy()
+    noise = signatures.stateless_noise(tf.constant(5, tf.int64), 4000, 8, 0.0).numpy()
     assert noise.shape == (4000, 8) and abs(noise.mean()) < 0.03 and abs(noise.std() - 1) < 0.03
-    again = export_lib.stateless_noise(tf.constant(5, tf.int64), 4000, 8, 0.0).numpy()
+    again = signatures.stateless_noise(tf.constant(5, tf.int64), 4000, 8, 0.0).numpy()
     assert np.array_equal(noise, again)
-    truncated = export_lib.stateless_noise(tf.constant(5, tf.int64), 4000, 8, 0.5).numpy()
+    truncated = signatures.stateless_noise(tf.constant(5, tf.int64), 4000, 8, 0.5).numpy()
     assert np.abs(truncated).max() <= 0.5 and truncated.std() > 0.25  # resampled, not clipped
     assert np.mean(np.abs(truncated) > 0.499) < 0.005  # clipping would pile mass up at 0.5
 
@@ -114,23 +118,38 @@ def _training_mode_samples(gan, noise):
     """G with batch statistics (as during training), the checkpoint's weights."""
     graph = tf.Graph()
     with graph.as_default():
-        samples, _ = export_lib.training_mode_generator(tf.constant(noise), None, gan.params)
+        parts = gan_lib.GANParts.from_params(gan.params)
+        samples = parts.generator(tf.constant(noise), None, tf.estimator.ModeKeys.TRAIN,
+                                  use_ema=parts.uses_ema(tf.estimator.ModeKeys.PREDICT)).outputs
         with v1.Session() as session:
             v1.train.Saver(v1.global_variables()).restore(session, tf.train.latest_checkpoint(gan.model_dir))
             return session.run(samples)
 
 
+def _served(gan, export_dir, noise, *overrides):
+    other = GAN(tiny_config(*FAST_STANDING, *overrides), model_dir=gan.model_dir)
+    path = other.export(export_dir, generator_only=True).generator
+    return path, other, saved_model.load_generator(path).from_noise(noise)["samples"]
+
+
 def test_standing_statistics_make_served_samples_match_training_mode(trained, tmp_path):
     gan, result, _ = trained
     noise = np.random.RandomState(0).standard_normal((512, 8)).astype(np.float32)
-    reference = _training_mode_samples(gan, noise)
-    standing = export_lib.load_generator(result.generator).from_noise(noise)["samples"]
-    raw_gan = GAN(tiny_config(*FAST_STANDING, "export.standing_statistics=false"), model_dir=gan.model_dir)
-    raw_path = export_lib.export(raw_gan, str(tmp_path), roles=("generator",)).generator
-    raw = export_lib.load_generator(raw_path).from_noise(noise)["samples"]
+    # Raw weights: their moving statistics lag 4 steps of training; standing ones do not.
+    _, raw_gan, standing = _served(gan, str(tmp_path / "a"), noise, "model.generator.inference_weights=raw")
+    reference = _training_mode_samples(raw_gan, noise)
+    raw_path, _, lagging = _served(gan, str(tmp_path / "b"), noise, "model.generator.inference_weights=raw",
+                                   "export.standing_statistics=false")
     standing_error = np.abs(standing - reference).mean()
-    raw_error = np.abs(raw - reference).mean()
-    assert standing_error < 0.01 and standing_error < raw_error / 5, (standing_error, raw_error)
+    lagging_error = np.abs(lagging - reference).mean()
+    assert standing_error < 0.01 and standing_error < lagging_error / 5, (standing_error, lagging_error)
+    # EMA weights (the default): the checkpoint's statistics were recomputed when it was saved,
+    # so even an export without standing statistics matches training mode.
+    ema_reference = _training_mode_samples(gan, noise)
+    ema_standing = saved_model.load_generator(result.generator).from_noise(noise)["samples"]
+    _, _, ema_saved = _served(gan, str(tmp_path / "c"), noise, "export.standing_statistics=false")
+    assert np.abs(ema_standing - ema_reference).mean() < 0.01
+    assert np.abs(ema_saved - ema_reference).mean() < 0.01
     # the training checkpoint is untouched
     ckpt = tf.train.latest_checkpoint(gan.model_dir)
     raw_variables = os.path.join(raw_path, "variables", "variables")
@@ -145,7 +164,7 @@ def test_tflite_matches_saved_model(trained):
     runner = interpreter.get_signature_runner("serving_default")
     noise = np.random.RandomState(1).standard_normal((4, 8)).astype(np.float32)
     lite = runner(noise=noise)
-    served = export_lib.load_generator(result.generator).from_noise(noise)
+    served = saved_model.load_generator(result.generator).from_noise(noise)
     np.testing.assert_allclose(lite["samples"], served["samples"], atol=1e-5)
     assert np.abs(lite["images"].astype(int) - served["images"].astype(int)).max() <= 1
 
@@ -163,7 +182,7 @@ def test_saved_model_cli_show_and_run(trained, tmp_path):
                           "--signature_def", "seed", "--input_exprs", "seed=7;count=3",
                           "--outdir", str(tmp_path)], capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
-    expected = export_lib.load_generator(result.generator).from_seed(7, 3)["samples"]
+    expected = saved_model.load_generator(result.generator).from_seed(7, 3)["samples"]
     np.testing.assert_array_equal(np.load(tmp_path / "samples.npy"), expected)
 
 
@@ -171,27 +190,27 @@ def test_rest_json_the_readme_promises(trained):
     _, result, _ = trained
     model = tf.saved_model.load(result.generator)
     noise = np.random.RandomState(2).standard_normal((2, 8)).round(3).tolist()
-    rows = json.loads(json.dumps(export_lib.rest_predict(model, {"instances": [{"noise": z} for z in noise]})))
+    rows = json.loads(json.dumps(saved_model.rest_predict(model, {"instances": [{"noise": z} for z in noise]})))
     assert len(rows["predictions"]) == 2
     first = rows["predictions"][0]
     assert set(first) == {"samples", "images", "png_bytes"}
     assert np.asarray(first["samples"]).shape == (8, 8, 1) and np.asarray(first["images"]).shape == (8, 8, 1)
     png = Image.open(io.BytesIO(base64.b64decode(first["png_bytes"]["b64"])))
     assert png.size == (8, 8) and np.array_equal(np.array(png), np.asarray(first["images"])[:, :, 0])
-    bare = export_lib.rest_predict(model, {"instances": noise})
+    bare = saved_model.rest_predict(model, {"instances": noise})
     assert bare["predictions"][1]["samples"] == rows["predictions"][1]["samples"]
 
-    columns = export_lib.rest_predict(model, {"signature_name": "seed", "inputs": {"seed": 7, "count": 3}})
+    columns = saved_model.rest_predict(model, {"signature_name": "seed", "inputs": {"seed": 7, "count": 3}})
     assert np.asarray(columns["outputs"]["samples"]).shape == (3, 8, 8, 1)
     assert len(columns["outputs"]["png_bytes"]) == 3 and "b64" in columns["outputs"]["png_bytes"][0]
-    direct = export_lib.load_generator(result.generator).from_seed(7, 3)["samples"]
+    direct = saved_model.load_generator(result.generator).from_seed(7, 3)["samples"]
     np.testing.assert_array_equal(np.asarray(columns["outputs"]["samples"], np.float32), direct)
 
 
 def _run_callable(saved_model_dir, signature_name, feeds):
     """Feed a signature through the C++ session API without Python-side shape checks, as
     TensorFlow Serving's model server does."""
-    signature = export_lib.signature_defs(saved_model_dir)[signature_name]
+    signature = saved_model.signature_defs(saved_model_dir)[signature_name]
     graph = tf.Graph()
     with v1.Session(graph=graph) as session:
         v1.saved_model.loader.load(session, ["serve"], saved_model_dir)
@@ -208,59 +227,59 @@ def test_signatures_reject_bad_inputs_readably(trained):
         _run_callable(result.generator, "noise", {"noise": np.ones((2, 5), np.float32)})
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"samples must have shape \(batch, 8, 8, 1\)"):
         _run_callable(result.discriminator, "serving_default", {"samples": np.ones((2, 4, 4, 1), np.float32)})
-    served = export_lib.load_generator(result.generator)
+    served = saved_model.load_generator(result.generator)
     with pytest.raises(tf.errors.InvalidArgumentError, match="count must be at least 1"):
         served.model.signatures["seed"](seed=tf.constant(1, tf.int64), count=tf.constant(0))
-    with pytest.raises(export_lib.ExportError, match="count must be at most 4096"):
+    with pytest.raises(ExportError, match="count must be at most 4096"):
         served.from_seed(1, 5000)
-    with pytest.raises(export_lib.ExportError, match="truncation must be >= 0"):
+    with pytest.raises(ExportError, match="truncation must be >= 0"):
         served.from_seed(1, 2, truncation=-1.0)
-    with pytest.raises(export_lib.ExportError, match=r"noise must have shape \[N, 8\], got \[3\]"):
+    with pytest.raises(ExportError, match=r"noise must have shape \[N, 8\], got \[3\]"):
         served.from_noise(np.ones(3, np.float32))
-    with pytest.raises(export_lib.ExportError, match="noise must be floating point"):
+    with pytest.raises(ExportError, match="noise must be floating point"):
         served.from_noise(np.ones((3, 8), np.int64))
-    with pytest.raises(export_lib.ExportError, match="not conditional"):
+    with pytest.raises(ExportError, match="not conditional"):
         served.from_seed(1, 2, labels=[0, 1])
-    with pytest.raises(export_lib.ExportError, match="export not found"):
-        export_lib.load_generator(os.path.join(str(result.generator), "nope"))
+    with pytest.raises(ExportError, match="export not found"):
+        saved_model.load_generator(os.path.join(str(result.generator), "nope"))
 
 
 def test_interrupted_export_leaves_no_visible_version(trained, tmp_path, monkeypatch):
     gan, _, _ = trained
     target = str(tmp_path / "exports")
-    first = export_lib.export(gan, target, roles=("generator",))
+    first = gan.export(target, generator_only=True)
     assert first.version == 1
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # e.g. Ctrl-C after the SavedModels were written
 
-    monkeypatch.setattr(export_lib, "to_tflite", crash)
+    monkeypatch.setattr(tflite_lib, "to_tflite", crash)
     with pytest.raises(KeyboardInterrupt):
-        export_lib.export(gan, target, tflite=True)
+        gan.export(target, tflite=True)
     monkeypatch.undo()
-    assert export_lib.versions(os.path.join(target, "generator")) == [1]
+    assert saved_model.versions(os.path.join(target, "generator")) == [1]
     assert sorted(os.listdir(target)) == ["generator"]  # no temporary left behind
     # a killed process's leftover is never taken for a version
     os.makedirs(os.path.join(target, "generator", ".tmp-killed", "2", "variables"))
-    assert export_lib.version_dir(target) == os.path.join(target, "generator", "1")
-    second = export_lib.export(gan, target, roles=("generator",))
-    assert second.version == 2 and export_lib.versions(os.path.join(target, "generator")) == [1, 2]
+    assert saved_model.find_saved_model(target) == os.path.join(target, "generator", "1")
+    second = gan.export(target, generator_only=True)
+    assert second.version == 2 and saved_model.versions(os.path.join(target, "generator")) == [1, 2]
     assert export_lib.prune_versions(target, keep=1) == [1]
-    assert export_lib.versions(os.path.join(target, "generator")) == [2]
+    assert saved_model.versions(os.path.join(target, "generator")) == [2]
 
 
 def test_conditional_model_signatures_take_labels(tmp_path):
     labels = np.arange(64, dtype=np.int32) % 3
     gan = _train(tmp_path / "model", "model.conditional=true", "model.num_classes=3", labels=labels)
-    result = export_lib.export(gan, str(tmp_path / "exports"), roles=("generator", "discriminator"))
-    signatures = export_lib.signature_defs(result.generator)
+    result = gan.export(str(tmp_path / "exports"))
+    signatures = saved_model.signature_defs(result.generator)
     assert set(signatures["noise"].inputs) == {"noise", "labels"}
     assert set(signatures["seed"].inputs) == {"seed", "count", "labels"}
-    assert set(export_lib.signature_defs(result.discriminator)["serving_default"].inputs) == {"samples", "labels"}
-    served = export_lib.load_generator(result.generator)
+    assert set(saved_model.signature_defs(result.discriminator)["serving_default"].inputs) == {"samples", "labels"}
+    served = saved_model.load_generator(result.generator)
     assert served.conditional and list(served.default_labels(4)) == [0, 1, 2, 0]
     assert served.from_seed(3, 4, labels=2)["samples"].shape == (4, 8, 8, 1)
-    with pytest.raises(export_lib.ExportError, match="labels must be 4 integer class ids"):
+    with pytest.raises(ExportError, match="2 labels for 4 samples"):
         served.from_seed(3, 4, labels=[0, 1])
     with pytest.raises(tf.errors.InvalidArgumentError, match="one class id per sample"):
         served.model.signatures["seed"](seed=tf.constant(3, tf.int64), count=tf.constant(4),
@@ -271,17 +290,17 @@ def test_export_during_training_keeps_last_versions_and_best(tmp_path, capsys):
     gan = _train(tmp_path / "model", "export.during_training=checkpoint", "export.keep=1",
                  "train.max_steps=4", "train.save_checkpoints_steps=2")
     export_dir = os.path.join(gan.model_dir, "export")
-    assert export_lib.versions(os.path.join(export_dir, "generator")) == [2]
-    assert export_lib.versions(os.path.join(export_dir, "discriminator")) == [2]
+    assert saved_model.versions(os.path.join(export_dir, "generator")) == [2]
+    assert saved_model.versions(os.path.join(export_dir, "discriminator")) == [2]
     assert json.load(open(os.path.join(export_dir, "generator", "2", "assets.extra", "export_info.json")))[
         "global_step"] == 4
 
-    best = export_lib.GANExporter(gan, policy="best")
+    best = export_lib.GANExporter(gan.generator_estimator, gan.discriminator_estimator, policy="best")
     ckpt = tf.train.latest_checkpoint(gan.model_dir)
     assert best.export(None, None, ckpt, {"loss/generator": 1.0}, False).endswith("/3")
     assert best.export(None, None, ckpt, {"loss/generator": 2.0}, False) is None
     assert best.export(None, None, ckpt, {"loss/generator": 0.5}, False).endswith("/4")
-    with pytest.raises(export_lib.ExportError, match="not among the EVAL metrics"):
+    with pytest.raises(ExportError, match="not among the EVAL metrics"):
         best.export(None, None, ckpt, {"loss/discriminator": 0.5}, False)
 
 
@@ -301,7 +320,7 @@ def test_export_and_generate_commands(trained, tmp_path, capsys):
     assert Image.open(grid).size[0] >= 8 * 3
     npy = str(tmp_path / "samples.npy")
     assert cli.main(["generate", "--export", exports, "--count", "9", "--seed", "7", "--out", npy]) == 0
-    served = export_lib.load_generator(exports).from_seed(7, 9)["samples"]
+    served = saved_model.load_generator(exports).from_seed(7, 9)["samples"]
     np.testing.assert_array_equal(np.load(npy), served)
     pngs = str(tmp_path / "pngs")
     assert cli.main(["generate", "--export", exports, "--count", "3", "--out", pngs]) == 0

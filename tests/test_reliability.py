@@ -4,6 +4,7 @@ Signals, kills and the lock run `run_train.py` in real subprocesses; the bad-inp
 the CLI's `main` in this process (same code path, same one-line output, no TF start-up each).
 """
 import contextlib
+import io
 import json
 import os
 import random
@@ -20,7 +21,12 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import REPO_ROOT, tiny_config
-from estimator_gan import cli, model_fns, reliability, training
+from estimator_gan import cli
+from estimator_gan import config as config_lib
+from estimator_gan.errors import ModelDirLocked
+from estimator_gan.gan import GAN
+from estimator_gan.runtime import failures
+from estimator_gan.runtime import model_dir as model_dir_lib
 from test_cli import TINY, run_train
 
 SLOW_SAVES = ["--set", "train.save_checkpoints_steps=100000", "--set", "train.log_every_steps=20"]
@@ -75,7 +81,7 @@ def assert_model_dir_intact(model_dir):
         values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
         assert values["global_step"] == values["generator_step"] == values["discriminator_step"]
         assert all(np.isfinite(v).all() for v in values.values() if v.dtype.kind == "f")
-    training.config_lib.load_config(os.path.join(model_dir, "config.yaml"))
+    config_lib.load_config(os.path.join(model_dir, "config.yaml"))
     samples = os.path.join(model_dir, "samples")
     for name in os.listdir(samples) if os.path.isdir(samples) else []:
         if name.endswith(".png") and not name.startswith("."):
@@ -140,7 +146,7 @@ def test_sigterm_saves_exits_0_and_resumes_and_a_second_training_is_refused(tmp_
     events = [e for f in tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents*"))
               for e in tf.compat.v1.train.summary_iterator(f)]
     assert any(e.step == step and e.session_log.status == e.session_log.CHECKPOINT for e in events)
-    assert read(os.path.join(model_dir, reliability.LOCK_FILENAME)) == ""
+    assert read(os.path.join(model_dir, model_dir_lib.LOCK_FILENAME)) == ""
 
     resumed = run_train("--model-dir", model_dir, "--max-steps", str(step + 3), *TINY)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -174,7 +180,7 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
     latest, partial_kills = 0, []
     for i in range(points):
         out = str(tmp_path / f"run{i}.out")
-        leftovers = set(reliability.partial_files(model_dir))
+        leftovers = set(model_dir_lib.partial_files(model_dir))
         proc = start_train(out, "--model-dir", model_dir, "--max-steps", "1000000",
                            "--set", "train.save_checkpoints_steps=1")
         try:
@@ -185,7 +191,7 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             else:
                 wait_for(training_started(out), what="the first progress line")
                 if moment == "save":
-                    wait_for(lambda: set(reliability.partial_files(model_dir)) - leftovers,
+                    wait_for(lambda: set(model_dir_lib.partial_files(model_dir)) - leftovers,
                              what="a save in progress")
                 else:
                     time.sleep(rng.uniform(0.0, 0.5))
@@ -197,7 +203,7 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
             assert "taking over the stale lock" in read(out)
         partial_kills += sorted(os.path.basename(p) for p in
-                                set(reliability.partial_files(model_dir)) - leftovers)
+                                set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
             step = assert_model_dir_intact(model_dir)
             assert step >= latest
@@ -208,20 +214,20 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
     assert final.returncode == 0, final.stderr[-2000:]
     assert f"resuming at step {latest}," in final.stdout
     assert assert_model_dir_intact(model_dir) == latest + 2
-    assert not reliability.partial_files(model_dir)
+    assert not model_dir_lib.partial_files(model_dir)
 
 
 def test_stale_lock_is_taken_over_and_a_held_one_refused(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    path = tmp_path / reliability.LOCK_FILENAME
+    path = tmp_path / model_dir_lib.LOCK_FILENAME
     path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
-    with reliability.RunLock(str(tmp_path)) as lock:
+    with model_dir_lib.RunLock(str(tmp_path)) as lock:
         assert lock.took_over.startswith(f"pid {dead.pid} on {socket.gethostname()}")
         assert "no longer running" in lock.took_over
         assert json.loads(path.read_text())["pid"] == os.getpid()
-        with pytest.raises(reliability.ModelDirLocked, match=f"in use by another training \\(pid {os.getpid()}"):
-            with reliability.RunLock(str(tmp_path)):
+        with pytest.raises(ModelDirLocked, match=f"in use by another training \\(pid {os.getpid()}"):
+            with model_dir_lib.RunLock(str(tmp_path)):
                 pass
     assert path.read_text() == ""
     assert "taking over the stale lock" in capsys.readouterr().err
@@ -239,7 +245,7 @@ def test_non_finite_loss_stops_without_saving_and_exits_3(tmp_path, capsys):
         "--set", "train.discriminator_optimizer.learning_rate=1e3",
         "--set", "model.discriminator.spectral_norm=false")
     message = assert_one_line_error(code, err, "training stopped without saving",
-                                    exit_code=reliability.EXIT_DIVERGED)
+                                    exit_code=failures.EXIT_DIVERGED)
     words = message.split()
     assert words[1] in ("generator", "discriminator")
     bad_step = int(words[words.index("step") + 1].rstrip(":"))
@@ -247,22 +253,24 @@ def test_non_finite_loss_stops_without_saving_and_exits_3(tmp_path, capsys):
     assert latest < bad_step and f"the last good checkpoint is step {latest} " in message
 
 
+def logged_losses(model_dir):
+    """{step: (D loss, G loss)} from the TensorBoard events of a model dir (float32, exact)."""
+    values = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag in ("loss/discriminator", "loss/generator"):
+                    values.setdefault(event.step, {})[value.tag] = value.simple_value
+    return {step: (v["loss/discriminator"], v["loss/generator"]) for step, v in sorted(values.items())
+            if len(v) == 2}
+
+
 def _recorded_losses(config, model_dir, steps):
-    class Record(tf.estimator.SessionRunHook):
-        values = []
-
-        def begin(self):
-            self.losses = model_fns.graph_state()["losses"]
-
-        def before_run(self, run_context):
-            return tf.estimator.SessionRunArgs(self.losses)
-
-        def after_run(self, run_context, run_values):
-            self.values.append((run_values.results["discriminator"], run_values.results["generator"]))
-
-    hook = Record()
-    training.GAN(config, model_dir=model_dir).train(max_steps=steps, hooks=[hook], progress=False)
-    return np.array(hook.values)
+    """Both losses of every step, from summaries written every step."""
+    train = config.train.model_copy(update={"save_summary_steps": 1})
+    GAN(config.model_copy(update={"train": train}), model_dir=model_dir).train(max_steps=steps, progress=False)
+    losses = logged_losses(model_dir)
+    return np.array([losses[step] for step in range(1, steps + 1)])
 
 
 @pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
@@ -431,7 +439,7 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, 
         assert code == 0, err
         assert f"resuming at step {latest}," in out
         assert assert_model_dir_intact(model_dir) == latest + 3
-        assert not reliability.partial_files(model_dir)
+        assert not model_dir_lib.partial_files(model_dir)
 
 
 def test_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_from_the_previous(
@@ -448,3 +456,42 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_from_the
     assert "from scratch, to step 3" in out  # the step-0 checkpoint
     assert assert_model_dir_intact(str(model_dir)) == 3
     assert os.path.exists(model_dir / "model.ckpt-2.index.corrupt")
+
+
+# --------------------------------------------------------------- any TensorFlow filesystem
+
+
+def test_model_dir_on_a_tensorflow_filesystem(tmp_path, monkeypatch, capsys):
+    """Train, resume, evaluate, export and generate with `ram://` model and export dirs (the same
+    code path as gs:// or s3://): every file goes through TensorFlow's filesystem layer, so
+    nothing lands in a local folder named `ram:`."""
+    monkeypatch.chdir(tmp_path)
+    model_dir, exports = f"ram://{tmp_path.name}/run", f"ram://{tmp_path.name}/exports"
+    args = ["--set", "data.image_size=8", "--set", "model.generator.filters=4",
+            "--set", "model.discriminator.filters=4", "--set", "model.z_dim=8",
+            "--set", "data.batch_size=16", "--set", "train.save_checkpoints_steps=2",
+            "--set", "train.log_every_steps=2"]
+    code, out, err = cli_train(capsys, model_dir, *args[:], "--max-steps", "4")
+    assert code == 0, err
+    assert "has no file locks" in err and "done: step 4" in out
+    code, out, err = cli_train(capsys, model_dir, *args, "--max-steps", "6")
+    assert code == 0 and "resuming at step 4" in out, err
+    files = tf.io.gfile.listdir(model_dir)
+    assert {"config.yaml", "checkpoint", "model.ckpt-6.index"} <= set(files), files
+    assert tf.io.gfile.exists(f"{model_dir}/samples/step_00000006.png")
+    assert int(tf.train.load_variable(tf.train.latest_checkpoint(model_dir), "global_step")) == 6
+
+    eval_args = ["--set", "eval.num_samples=64", "--set", "eval.classifier_epochs=1",
+                 "--set", "eval.kid_subset_size=32", "--set", "eval.eval_batches=2"]
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--plot", *eval_args]) == 0
+    assert json.loads(tf.io.gfile.GFile(f"{model_dir}/eval.json").read())["step"] == 6
+    assert tf.io.gfile.exists(f"{model_dir}/evaluation/metrics.png")
+    assert cli.main(["export", "--model-dir", model_dir, "--export-dir", exports,
+                     "--set", "export.standing_batches=2", "--set", "export.standing_batch_size=32"]) == 0
+    assert tf.io.gfile.exists(f"{exports}/generator/1/saved_model.pb")
+    assert cli.main(["generate", "--export", exports, "--count", "4",
+                     "--out", f"ram://{tmp_path.name}/grid.png"]) == 0
+    assert Image.open(io.BytesIO(tf.io.gfile.GFile(f"ram://{tmp_path.name}/grid.png", "rb").read())).size[0] > 8
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--export", exports, *eval_args]) == 0
+    capsys.readouterr()
+    assert not os.path.exists("ram:") and not os.listdir(tmp_path), os.listdir(tmp_path)

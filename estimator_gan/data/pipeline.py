@@ -145,7 +145,7 @@ def _check_one_batch(cfg, training, count, shards, shard_id, batch) -> None:
 def _host_tensor(array: np.ndarray) -> tf.Tensor:
     """`array` as a tensor that is computed when the iterator is initialised (a py_func with
     no inputs), so the data never becomes a constant of the graph."""
-    tensor = tf.numpy_function(lambda: array, [], tf.as_dtype(array.dtype), stateful=True)
+    tensor = tf.numpy_function(lambda: array, [], tf.as_dtype(array.dtype), stateful=False)
     tensor.set_shape(array.shape)
     return tensor
 

@@ -32,7 +32,9 @@ Sample-quality state, also in every TRAIN graph and so in every checkpoint:
   ExponentialMovingAverage`); they are not updated per step but recomputed for the current EMA
   weights whenever they are read: before every checkpoint is saved (`GANTrainOps.
   refresh_statistics`, run by the train spec's saver), before every sample picture, and as
-  standing statistics before an export. EVAL and PREDICT read the shadows through a custom
+  standing statistics before an export. (Under a distribution strategy, and for batch norm
+  other than `networks.batch_norm`, they are updated after every G update instead, by one more
+  forward pass of the EMA generator.) EVAL and PREDICT read the shadows through a custom
   getter, unless `model.generator.inference_weights` is `raw`.
 * Spectral norm (`model.discriminator.spectral_norm`): the power-iteration vectors `.../sn_u`
   advance exactly once per D update, after its gradients: every D call of one update (real,
@@ -407,12 +409,14 @@ class _Trainer:
                              name="generator_loss")
         op = self._apply(self.g_opt, g_loss, GENERATOR, GENERATOR_STEP, "G_train",
                          generated.update_ops)
-        return self._update_ema(op, batch, labels, key), g_loss
+        per_step = tf.distribute.has_strategy() or not refreshable(generated)
+        return self._update_ema(op, batch, labels, key, per_step), g_loss
 
-    def _update_ema(self, after, batch, labels, key):
-        """Once `after` (a G update) has run, move every shadow towards its G variable. Under a
-        distribution strategy, whose replicas cannot run a refresh outside the train op, the
-        EMA generator's batch-norm statistics are also updated here, on a fresh batch."""
+    def _update_ema(self, after, batch, labels, key, statistics_per_step: bool):
+        """Once `after` (a G update) has run, move every shadow towards its G variable. With
+        `statistics_per_step` (a distribution strategy, whose replicas cannot run a refresh
+        outside the train op, or a generator whose batch norm is not `networks.batch_norm`),
+        the EMA generator's batch-norm statistics are also updated here, on a fresh batch."""
         decay = self.parts.ema_decay
         if decay is None:
             return after
@@ -423,7 +427,7 @@ class _Trainer:
             for var in role_variables(GENERATOR):
                 shadow = ema_variable(var)
                 updates.append(v1.assign_sub(shadow, (shadow - var.read_value()) * rate))
-        if tf.distribute.has_strategy():
+        if statistics_per_step:
             with tf.control_dependencies(updates):
                 noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 3))
                 updates += list(self.parts.generator(noise, labels, ModeKeys.TRAIN, use_ema=True).update_ops)
@@ -514,9 +518,17 @@ def gan_train_ops(parts: GANParts, features, labels, d_steps: int, g_steps: int,
                        steps, refresh, sample_grid(parts, refresh))
 
 
+def refreshable(call: NetworkOutput) -> bool:
+    """Whether every batch-norm update of a generator call comes from `networks.batch_norm`
+    (two updates per layer, whose batch moments it reports), so its statistics can be
+    recomputed at once instead of tracked per step."""
+    return len(call.update_ops) == 2 * len(call.batch_norm)
+
+
 def refresh_statistics(parts: GANParts, key) -> Optional[tf.Operation]:
     """An op that sets the EMA generator's batch-norm statistics to the batch moments of the
-    current EMA weights on `REFRESH_BATCH` noise samples; None without EMA or batch norm."""
+    current EMA weights on `REFRESH_BATCH` noise samples; None without EMA, without batch norm,
+    or when they are tracked per step instead (see `refreshable`)."""
     if parts.ema_decay is None:
         return None
     model = parts.model
@@ -524,7 +536,7 @@ def refresh_statistics(parts: GANParts, key) -> Optional[tf.Operation]:
     labels = (tf.constant(sampling.labels_in_turn(REFRESH_BATCH, model.num_classes))
               if model.conditional else None)
     call = parts.generator(noise, labels, ModeKeys.TRAIN, use_ema=True)
-    if not call.batch_norm:
+    if not call.batch_norm or not refreshable(call):
         return None
     return tf.group([v1.assign(var, value) for moving_mean, moving_var, mean, variance in call.batch_norm
                      for var, value in ((moving_mean, mean), (moving_var, variance))],

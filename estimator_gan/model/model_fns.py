@@ -44,10 +44,10 @@ def _network_of(name: str) -> str:
 
 
 class CheckpointSaver(v1.train.Saver):
-    """The Estimator's default checkpoint saver, guarded: in the session it saves from, it
-    refuses (`TrainingDiverged`) to write a checkpoint holding a NaN/inf variable, so the last
-    good checkpoint stays the latest, and then runs `refresh` (the EMA generator's statistics
-    refresh), so a checkpoint's statistics fit its weights."""
+    """The Estimator's default checkpoint saver, guarded: in the session it saves from, it runs
+    `refresh` (the EMA generator's statistics refresh), so a checkpoint's statistics fit its
+    weights, then refuses (`TrainingDiverged`) to write a checkpoint holding a NaN/inf
+    variable, so the last good checkpoint stays the latest."""
 
     def __init__(self, refresh: Optional[tf.Operation], **kwargs):
         super().__init__(**kwargs)
@@ -57,18 +57,18 @@ class CheckpointSaver(v1.train.Saver):
                         if self._variables else None)
 
     def save(self, sess, save_path, global_step=None, *args, **kwargs):
+        if self._refresh is not None:
+            sess.run(self._refresh)
         if self._finite is not None:
             finite = sess.run(self._finite)
             if not finite.all():
                 name = self._variables[int((~finite).argmax())].op.name
-                step = global_step if isinstance(global_step, int) else sess.run(global_step)
+                step = sess.run(global_step) if isinstance(global_step, (tf.Tensor, tf.Variable)) else global_step
                 model_dir = fileio.dirname(save_path)
                 raise TrainingDiverged(
                     f"{_network_of(name)} weights are non-finite ({name}) at step {int(step)}: "
                     f"training stopped without saving; {checkpoints.last_good(model_dir)} in "
                     f"{model_dir} (lower the learning rate or change the loss)")
-        if self._refresh is not None:
-            sess.run(self._refresh)
         return super().save(sess, save_path, global_step, *args, **kwargs)
 
 
