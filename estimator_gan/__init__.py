@@ -38,16 +38,16 @@ _EXPORTS = {
     "gradient_penalty": "estimator_gan.model.losses",
     # data
     "make_input_fn": "estimator_gan.data.pipeline",
-    "digits_input_fn": "estimator_gan.data.builders",
-    "mixture_input_fn": "estimator_gan.data.builders",
-    "mnist_input_fn": "estimator_gan.data.builders",
-    "images_input_fn": "estimator_gan.data.builders",
-    "tfrecord_input_fn": "estimator_gan.data.builders",
-    "npy_input_fn": "estimator_gan.data.builders",
+    "digits_input_fn": "estimator_gan.input_fns",
+    "mixture_input_fn": "estimator_gan.input_fns",
+    "mnist_input_fn": "estimator_gan.input_fns",
+    "images_input_fn": "estimator_gan.input_fns",
+    "tfrecord_input_fn": "estimator_gan.input_fns",
+    "npy_input_fn": "estimator_gan.input_fns",
     # serving
-    "noise_receiver_fn": "estimator_gan.serving.signatures",
-    "generator_receiver_fn": "estimator_gan.serving.signatures",
-    "discriminator_receiver_fn": "estimator_gan.serving.signatures",
+    "noise_receiver_fn": "estimator_gan.model.signatures",
+    "generator_receiver_fn": "estimator_gan.model.signatures",
+    "discriminator_receiver_fn": "estimator_gan.model.signatures",
     "load_generator": "estimator_gan.serving.saved_model",
 }
 

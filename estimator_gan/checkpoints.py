@@ -13,9 +13,20 @@ from estimator_gan import fileio
 _CHECKPOINT_INDEX = re.compile(r"^(?P<prefix>model\.ckpt-(?P<step>\d+))\.index$")
 
 
+def reader(checkpoint_path: str):
+    """A reader of the checkpoint with this prefix. (Unlike `tf.train.load_checkpoint`, it never
+    takes the prefix for a directory, which some filesystems, e.g. `ram://`, claim it is.)"""
+    return tf.compat.v1.train.NewCheckpointReader(checkpoint_path)
+
+
 def step_of(checkpoint_path: str) -> int:
     """The global step a checkpoint holds."""
-    return int(tf.train.load_variable(checkpoint_path, "global_step"))
+    return int(reader(checkpoint_path).get_tensor("global_step"))
+
+
+def shapes(checkpoint_path: str) -> dict:
+    """{variable name: shape} of a checkpoint."""
+    return reader(checkpoint_path).get_variable_to_shape_map()
 
 
 def on_disk(model_dir: str) -> List[Tuple[int, str]]:
@@ -45,9 +56,9 @@ def latest_step(model_dir: str) -> int:
 def unreadable(path: str) -> Optional[str]:
     """Why the checkpoint at `path` cannot be read in full (every tensor, checksums), or None."""
     try:
-        reader = tf.train.load_checkpoint(path)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
+        values = reader(path)
+        for name in values.get_variable_to_shape_map():
+            values.get_tensor(name)
     except Exception as err:  # TF reports damage as OpError, IndexError, ValueError...
         lines = [ln for ln in str(err).splitlines() if ln.strip() and "Graph execution" not in ln]
         return " ".join(lines[0].split()).rstrip(".") if lines else type(err).__name__

@@ -157,14 +157,21 @@ def _atomic_write_local(path: str, data: bytes) -> str:
     return path
 
 
-def copy_tree(source: str, target: str) -> None:
-    """Copy a directory tree file by file (across filesystems, e.g. local to `gs://`)."""
+def _tree_files(source: str, target: str):
+    """(file under `source`, the same path under `target`) for every file of a tree, making
+    the target folders on the way."""
     for directory, _, files in gfile.walk(source):
         relative = os.path.relpath(directory, source)
         destination = target if relative == "." else join(target, relative)
         gfile.makedirs(destination)
         for name in files:
-            gfile.copy(join(directory, name), join(destination, name), overwrite=True)
+            yield join(directory, name), join(destination, name)
+
+
+def copy_tree(source: str, target: str) -> None:
+    """Copy a directory tree file by file (across filesystems, e.g. local to `gs://`)."""
+    for src, dst in _tree_files(source, target):
+        gfile.copy(src, dst, overwrite=True)
 
 
 def rename_dir(source: str, target: str) -> None:
@@ -175,12 +182,8 @@ def rename_dir(source: str, target: str) -> None:
     if is_local(source) and is_local(target):
         os.rename(local_path(source), local_path(target))
         return
-    for directory, _, files in gfile.walk(source):
-        relative = os.path.relpath(directory, source)
-        destination = target if relative == "." else join(target, relative)
-        gfile.makedirs(destination)
-        for name in files:
-            gfile.rename(join(directory, name), join(destination, name), overwrite=True)
+    for src, dst in list(_tree_files(source, target)):
+        gfile.rename(src, dst, overwrite=True)
     gfile.rmtree(source)
 
 

@@ -16,7 +16,8 @@ from estimator_gan import cli
 from estimator_gan import config as config_lib
 from estimator_gan.data import pipeline
 from estimator_gan.evaluation import evaluate as ev
-from estimator_gan.evaluation import metric_ops, metrics, report
+from estimator_gan.evaluation import metrics, report
+from estimator_gan.model import eval_metrics as metric_ops
 from estimator_gan.gan import GAN
 
 # Keras 2.15 seeds its initializers with random.randint(1, 1e9).

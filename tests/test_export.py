@@ -20,7 +20,8 @@ from estimator_gan.errors import ExportError
 from estimator_gan.gan import GAN
 from estimator_gan.model import gan as gan_lib
 from estimator_gan.serving import export as export_lib
-from estimator_gan.serving import saved_model, signatures
+from estimator_gan.model import signatures
+from estimator_gan.serving import saved_model
 from estimator_gan.serving import tflite as tflite_lib
 
 v1 = tf.compat.v1

@@ -1,3 +1,4 @@
 """Real examples for the GAN: data sources (`sources`), the tf.data input pipeline that feeds
-both networks (`pipeline`), input_fn builders per source (`builders`), image helpers (`images`).
+both networks (`pipeline`), image helpers (`images`). Named input_fn builders per source are
+`estimator_gan.input_fns`.
 """

@@ -1,3 +1,4 @@
-"""Sample-quality evaluation: numpy metrics (`metrics`), graph metric ops for EVAL specs
-(`metric_ops`), the offline feature classifier (`classifier`), evaluating checkpoints and
-exports (`evaluate`), and reports, plots and TensorBoard summaries of the results (`report`)."""
+"""Sample-quality evaluation: numpy metrics (`metrics`), the offline feature classifier
+(`classifier`), evaluating checkpoints and exports (`evaluate`), and reports, plots and
+TensorBoard summaries of the results (`report`). (The EVAL spec's metric ops are
+`model.eval_metrics`.)"""

@@ -22,9 +22,8 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-import tensorflow as tf
 
-from estimator_gan import fileio, sampling
+from estimator_gan import checkpoints, fileio, sampling
 from estimator_gan.data import pipeline, sources
 from estimator_gan.errors import DataError, ExportError
 from estimator_gan.evaluation.classifier import train_feature_classifier
@@ -180,10 +179,6 @@ def _clean(tree: Dict[str, object]) -> Dict[str, object]:
                 int(v) if isinstance(v, (np.integer,)) else v) for k, v in tree.items()}
 
 
-def checkpoint_step(checkpoint_path: str) -> int:
-    return int(tf.train.load_variable(checkpoint_path, "global_step"))
-
-
 def evaluate_checkpoint(generate: Callable, metrics: SampleMetrics, checkpoint_path: str,
                         estimator_eval: Optional[Callable] = None) -> dict:
     """Sample metrics of one checkpoint, the samples drawn by `generate(count, seed=...,
@@ -191,7 +186,7 @@ def evaluate_checkpoint(generate: Callable, metrics: SampleMetrics, checkpoint_p
     EVAL metrics (losses, D accuracy, D probability, 2D mode metrics). Must run eagerly."""
     ev = metrics.config.eval
     samples = generate(ev.num_samples, seed=ev.seed, checkpoint_path=checkpoint_path)
-    record = evaluate_samples(metrics, samples, checkpoint_step(checkpoint_path), "checkpoint")
+    record = evaluate_samples(metrics, samples, checkpoints.step_of(checkpoint_path), "checkpoint")
     record["checkpoint"] = checkpoint_path
     if estimator_eval is not None:
         result = estimator_eval(checkpoint_path)

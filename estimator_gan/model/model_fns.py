@@ -28,9 +28,7 @@ import tensorflow as tf
 
 from estimator_gan import checkpoints, fileio
 from estimator_gan.errors import TrainingDiverged
-from estimator_gan.evaluation import metric_ops
-from estimator_gan.model import gan
-from estimator_gan.serving import signatures
+from estimator_gan.model import eval_metrics, gan, signatures
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -141,7 +139,7 @@ def _mixture_metrics(fake, config) -> Dict[str, tuple]:
     if config.data.source != "mixture2d" or list(config.model.sample_shape or []) != [2]:
         return {}
     mixture = config.data.mixture
-    return metric_ops.mixture_metric_ops(fake, mixture.centres(), mixture.std, k=config.eval.mode_std_k)
+    return eval_metrics.mixture_metric_ops(fake, mixture.centres(), mixture.std, k=config.eval.mode_std_k)
 
 
 def generator_predict_spec(parts: gan.GANParts, features) -> tf.estimator.EstimatorSpec:
@@ -183,26 +181,27 @@ def _one_step(tensor):
     return None if tensor is None else tensor[None, None]
 
 
-def generator_model_fn(features, labels, mode, params, config=None):
-    """The generator Estimator's model_fn (see the module docstring)."""
+def _role_model_fn(role: str, features, labels, mode, params, config):
     _check_mode(mode)
     parts = gan.GANParts.from_params(params)
     if mode == ModeKeys.TRAIN:
-        return train_spec(parts, _one_step(features), _one_step(labels), 0, 1, params, config)
+        d_steps, g_steps = (0, 1) if role == gan.GENERATOR else (1, 0)
+        return train_spec(parts, _one_step(features), _one_step(labels), d_steps, g_steps, params, config)
     if mode == ModeKeys.EVAL:
-        return eval_spec(parts, features, labels, gan.GENERATOR)
-    return generator_predict_spec(parts, features)
+        return eval_spec(parts, features, labels, role)
+    if role == gan.GENERATOR:
+        return generator_predict_spec(parts, features)
+    return discriminator_predict_spec(parts, features)
+
+
+def generator_model_fn(features, labels, mode, params, config=None):
+    """The generator Estimator's model_fn (see the module docstring)."""
+    return _role_model_fn(gan.GENERATOR, features, labels, mode, params, config)
 
 
 def discriminator_model_fn(features, labels, mode, params, config=None):
     """The discriminator Estimator's model_fn (see the module docstring)."""
-    _check_mode(mode)
-    parts = gan.GANParts.from_params(params)
-    if mode == ModeKeys.TRAIN:
-        return train_spec(parts, _one_step(features), _one_step(labels), 1, 0, params, config)
-    if mode == ModeKeys.EVAL:
-        return eval_spec(parts, features, labels, gan.DISCRIMINATOR)
-    return discriminator_predict_spec(parts, features)
+    return _role_model_fn(gan.DISCRIMINATOR, features, labels, mode, params, config)
 
 
 def gan_model_fn(features, labels, mode, params, config=None):

@@ -226,7 +226,7 @@ class CheckpointCompatibilityHook(tf.estimator.SessionRunHook):
         path = tf.train.latest_checkpoint(self._model_dir)
         if not path:
             return
-        saved = dict(tf.train.list_variables(path))
+        saved = checkpoints.shapes(path)
         problems: List[str] = []
         for variable in v1.global_variables():
             name, shape = variable.op.name, variable.shape.as_list()

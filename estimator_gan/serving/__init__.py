@@ -1,2 +1,2 @@
-"""Serving: the exports' signatures and receivers (`signatures`), writing versioned exports
-(`export`), finding and calling them (`saved_model`), and TFLite (`tflite`)."""
+"""Serving: writing versioned exports (`export`), finding and calling them (`saved_model`), and
+TFLite (`tflite`). The signatures they carry are `model.signatures`."""

@@ -18,7 +18,7 @@ What a caller must know:
 
 * `export` takes the Estimators to export (their `params` give the config and networks, their
   `model_dir` the latest checkpoint): nothing else of the run is needed.
-* The signatures are those of `serving.signatures`; the generator graph holds only G's
+* The signatures are those of `model.signatures`; the generator graph holds only G's
   variables.
 * Batch norm: the export uses moving statistics, so it is deterministic. They lag a generator
   whose weights still move, so by default they are first recomputed ("standing statistics",
@@ -44,11 +44,13 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from estimator_gan import checkpoints
 from estimator_gan import config as config_lib
 from estimator_gan import fileio
 from estimator_gan.errors import ExportError
 from estimator_gan.model import gan
-from estimator_gan.serving import saved_model, signatures, tflite as tflite_lib
+from estimator_gan.model import signatures
+from estimator_gan.serving import saved_model, tflite as tflite_lib
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -113,7 +115,7 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
                     mean = mean.astype(np.float64)
                     acc[0] = acc[0] + mean
                     acc[1] = acc[1] + var + np.square(mean)
-    values = tf.train.load_checkpoint(checkpoint_path)
+    values = checkpoints.reader(checkpoint_path)
     tensors = {name: values.get_tensor(name) for name in values.get_variable_to_dtype_map()}
     n = float(ecfg.standing_batches)
     for (moving_mean, moving_var, _, _), (total, total_sq) in zip(layers, sums):
@@ -243,7 +245,7 @@ def export(export_dir: str, generator: tf.estimator.Estimator,
         raise ExportError(f"checkpoint not found: {checkpoint_path}")
     if fileio.exists(export_dir) and not fileio.isdir(export_dir):
         raise ExportError(f"export directory {export_dir} exists and is not a directory")
-    global_step = int(tf.train.load_variable(checkpoint_path, "global_step"))
+    global_step = checkpoints.step_of(checkpoint_path)
     fileio.makedirs(export_dir)
     remove_stale_staging(export_dir)
     version = next_version(export_dir)
