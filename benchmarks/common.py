@@ -48,6 +48,7 @@ from estimator_gan.gan import GAN  # noqa: E402
 from estimator_gan.model import gan as gan_lib  # noqa: E402
 from estimator_gan.model import losses as losses_lib  # noqa: E402
 from estimator_gan.model import networks  # noqa: E402
+from estimator_gan.runtime import loop  # noqa: E402
 
 v1 = tf.compat.v1
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
@@ -157,10 +158,10 @@ def examples_per_step(config: config_lib.Config) -> int:
 # --------------------------------------------------------------- the product's loop
 
 
-class StepTimes(tf.estimator.SessionRunHook):
-    """Wall time at the end of each step, taken first among the hooks: the gap between two
-    consecutive entries is one whole loop iteration (session.run, every hook, summaries and
-    checkpoints that fall due)."""
+class RunTimes(tf.estimator.SessionRunHook):
+    """Wall time at the end of each `session.run` (one run makes `steps_per_run` global steps),
+    taken first among the hooks: the gap between two consecutive entries is one whole loop
+    iteration (session.run, every hook, summaries and checkpoints that fall due)."""
 
     def __init__(self):
         self.times: List[float] = []
@@ -171,23 +172,28 @@ class StepTimes(tf.estimator.SessionRunHook):
 
 class ProductLoop:
     """`GAN.train` as `run_train.py` runs it (the config's log, summary and checkpoint
-    intervals; progress printed to a buffer), resumed on one model_dir for each measurement."""
+    intervals and steps per run; progress printed to a buffer), resumed on one model_dir for
+    each measurement."""
 
     def __init__(self, config: config_lib.Config, model_dir: str):
         self.gan = GAN(config, model_dir=model_dir)
         self.examples_per_step = examples_per_step(config)
+        self.steps_per_run = 1 if config.distribute.strategy != "none" else loop.steps_per_run(config)
         self.output = io.StringIO()
 
     def measure(self, warmup: int, steps: int) -> float:
         """Seconds per step over `steps` steps after `warmup` steps (graph build, session start
-        and restore come before the first step and are not counted)."""
-        timer = StepTimes()
+        and restore come before the first step and are not counted); both are rounded up to
+        whole runs."""
+        k = self.steps_per_run
+        warm_runs, runs = max(1, -(-warmup // k)), max(1, -(-steps // k))
+        timer = RunTimes()
         start = self.gan.global_step()
-        self.gan.train(max_steps=start + warmup + steps, hooks=[timer], stream=self.output)
+        self.gan.train(max_steps=start + (warm_runs + runs) * k, hooks=[timer], stream=self.output)
         times = timer.times
-        if len(times) != warmup + steps:
-            raise RuntimeError(f"expected {warmup + steps} steps, timed {len(times)}")
-        return (times[-1] - times[warmup - 1]) / steps
+        if len(times) != warm_runs + runs:
+            raise RuntimeError(f"expected {warm_runs + runs} runs, timed {len(times)}")
+        return (times[-1] - times[warm_runs - 1]) / (runs * k)
 
 
 # ---------------------------------------------------------- the hand-written TF2 loop

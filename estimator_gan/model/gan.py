@@ -292,7 +292,7 @@ def gan_losses(parts: GANParts, model: GANModel, mode, seed=None) -> GANLosses:
 
 
 def stateless_normal(shape, key) -> tf.Tensor:
-    return tf.random.stateless_normal(shape, seed=key)
+    return tf.random.stateless_normal(shape, seed=key, alg="philox")
 
 
 def fold(key, *data) -> tf.Tensor:

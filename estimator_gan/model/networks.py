@@ -98,7 +98,7 @@ def dense(x, units: int, name: str, initializer=None, spectral_norm: bool = Fals
         kernel = _kernel([int(x.shape[-1]), units], initializer or v1.glorot_uniform_initializer(),
                          spectral_norm, training)
         bias = _get("bias", [units], v1.zeros_initializer())
-        return tf.matmul(x, kernel) + bias
+        return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
 def conv2d(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2, initializer=None,
@@ -107,7 +107,7 @@ def conv2d(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2, in
         kernel = _kernel([kernel_size, kernel_size, int(x.shape[-1]), filters],
                          initializer or _DCGAN_INIT, spectral_norm, training)
         bias = _get("bias", [filters], v1.zeros_initializer())
-        return tf.nn.conv2d(x, kernel, strides=stride, padding="SAME") + bias
+        return tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=stride, padding="SAME"), bias)
 
 
 def embedding(labels, num_classes: int, dim: int, name: str, spectral_norm: bool = False,
@@ -140,12 +140,13 @@ def conv2d_transpose(x, filters: int, name: str, kernel_size: int = 4, stride: i
 
 def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float = 1e-5,
                labels=None, num_classes: Optional[int] = None):
-    """Batch norm over all axes but the last.
+    """Batch norm over all axes but the last, with TensorFlow's fused kernel.
 
-    Training: normalises with the batch's statistics and adds the moving-average updates to
-    `UPDATE_OPS` (the caller decides whether they run). Otherwise: uses the moving statistics,
-    so inference is deterministic. With `labels` (and `num_classes`) the scale and offset are
-    per class (conditional batch norm): `gamma`/`beta` are [num_classes, channels] tables.
+    Training: normalises with the batch's statistics (population variance) and adds the
+    moving-average updates to `UPDATE_OPS` (the caller decides whether they run). Otherwise:
+    uses the moving statistics, so inference is deterministic. With `labels` (and
+    `num_classes`) the scale and offset are per class (conditional batch norm): `gamma`/`beta`
+    are [num_classes, channels] tables.
     """
     channels = int(x.shape[-1])
     with v1.variable_scope(name):
@@ -153,24 +154,33 @@ def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float
             gamma = _get("gamma", [channels], v1.ones_initializer())
             beta = _get("beta", [channels], v1.zeros_initializer())
         else:
-            per_example = [-1] + [1] * (x.shape.rank - 2) + [channels]
-            gamma = tf.reshape(tf.gather(
-                _get("gamma", [num_classes, channels], v1.ones_initializer()), labels), per_example)
-            beta = tf.reshape(tf.gather(
-                _get("beta", [num_classes, channels], v1.zeros_initializer()), labels), per_example)
+            gamma_table = _get("gamma", [num_classes, channels], v1.ones_initializer())
+            beta_table = _get("beta", [num_classes, channels], v1.zeros_initializer())
         stat_kwargs = dict(trainable=False, aggregation=tf.VariableAggregation.MEAN)
         moving_mean = _get("moving_mean", [channels], v1.zeros_initializer(), **stat_kwargs)
         moving_var = _get("moving_variance", [channels], v1.ones_initializer(), **stat_kwargs)
+        shape = tf.shape(x)
+        images = x if x.shape.rank == 4 else tf.reshape(x, [-1, 1, 1, channels])
+        scale, offset = (gamma, beta) if labels is None else (tf.ones([channels]), tf.zeros([channels]))
         if training:
-            mean, variance = tf.nn.moments(x, axes=list(range(x.shape.rank - 1)))
+            y, mean, unbiased = v1.nn.fused_batch_norm(images, scale, offset, epsilon=epsilon,
+                                                       is_training=True)
+            count = tf.cast(tf.size(images) // channels, tf.float32)
+            variance = unbiased * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's is Bessel-corrected
             for key, value in zip(BATCH_NORM_COLLECTIONS, (moving_mean, moving_var, mean, variance)):
                 v1.add_to_collection(key, value)
             for var, value in ((moving_mean, mean), (moving_var, variance)):
                 v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
                                      v1.assign_sub(var, (var - value) * (1.0 - decay)))
         else:
-            mean, variance = moving_mean, moving_var
-        return tf.nn.batch_normalization(x, mean, variance, beta, gamma, epsilon)
+            y, _, _ = v1.nn.fused_batch_norm(images, scale, offset, mean=moving_mean,
+                                             variance=moving_var, epsilon=epsilon, is_training=False)
+        y = y if x.shape.rank == 4 else tf.reshape(y, shape)
+        if labels is None:
+            return y
+        per_example = [-1] + [1] * (x.shape.rank - 2) + [channels]
+        return (y * tf.reshape(tf.gather(gamma_table, labels), per_example)
+                + tf.reshape(tf.gather(beta_table, labels), per_example))
 
 
 def _config(params):
