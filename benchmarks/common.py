@@ -52,7 +52,6 @@ from estimator_gan.runtime import loop  # noqa: E402
 
 v1 = tf.compat.v1
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
-CONFIGS = os.path.join(REPO_ROOT, "configs")
 
 
 # ------------------------------------------------------------------------- command line
@@ -138,16 +137,17 @@ PLAIN = ["model.discriminator.spectral_norm=false", "model.generator.ema_decay=n
          "model.discriminator.packing=1", "eval.every_checkpoints=0"]
 
 
-def dcgan_config(workdir: str, *overrides: str) -> config_lib.Config:
-    """The shipped MNIST DCGAN job (configs/mnist_dcgan.yaml) on MNIST-sized data, plain."""
+def dcgan_config(workdir: str, *overrides: str, plain: bool = True) -> config_lib.Config:
+    """The shipped MNIST DCGAN job (configs/mnist_dcgan.yaml) on MNIST-sized data, plain (or
+    as shipped, with `plain=False`)."""
     return config_lib.resolve(config_lib.load_config(
-        os.path.join(CONFIGS, "mnist_dcgan.yaml"), mnist_data_overrides(workdir) + PLAIN + list(overrides)))
+        "mnist_dcgan", mnist_data_overrides(workdir) + (PLAIN if plain else ["eval.every_checkpoints=0"])
+        + list(overrides)))
 
 
 def mlp_config(*overrides: str) -> config_lib.Config:
     """The shipped 2D MLP job (configs/mixture_ring.yaml), plain."""
-    return config_lib.resolve(config_lib.load_config(
-        os.path.join(CONFIGS, "mixture_ring.yaml"), PLAIN + list(overrides)))
+    return config_lib.resolve(config_lib.load_config("mixture_ring", PLAIN + list(overrides)))
 
 
 def examples_per_step(config: config_lib.Config) -> int:
@@ -279,11 +279,12 @@ def _keras_adam(cfg: config_lib.OptimizerConfig):
 
 class TFFunctionLoop:
     """The loop users write in TF2 (the TensorFlow DCGAN tutorial's pattern): Keras models of
-    the same size, `tf.GradientTape` inside one `tf.function` per step. Same work per step as
-    the product: `d_steps` D updates on fresh noise and one real batch each, then `g_steps` G
-    updates on fresh noise through the updated D; same loss function; same input pipeline."""
+    the same size, `tf.GradientTape` inside one `tf.function` per step (compiled with XLA when
+    `jit_compile`). Per step: `d_steps` D updates on fresh noise and one real batch each, then
+    `g_steps` G updates on fresh noise (a new G forward) through the updated D; same loss
+    function; same input pipeline."""
 
-    def __init__(self, config: config_lib.Config):
+    def __init__(self, config: config_lib.Config, jit_compile: bool = False):
         self.config = config
         self.examples_per_step = examples_per_step(config)
         self.generator, self.discriminator = keras_networks(config)
@@ -293,7 +294,7 @@ class TFFunctionLoop:
         loss = losses_lib.get_loss(config.loss.name)
         G, D, z_dim = self.generator, self.discriminator, config.model.z_dim
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile)
         def train_step(reals):
             batch = tf.shape(reals[0])[0]
             for real in reals:
@@ -334,6 +335,44 @@ class TFFunctionLoop:
         if not all(map(math.isfinite, losses)):
             raise FloatingPointError(f"non-finite losses {losses}")
         return elapsed / steps
+
+
+# ------------------------------------------------------------------ FLOPs and the peak
+
+
+def step_flops(config: config_lib.Config) -> int:
+    """Floating-point operations of one global step of the product's train op, counted from
+    its graph (TensorFlow's profiler, per op from static shapes; one step, no in-graph loop)."""
+    parts = gan_lib.GANParts.from_params({"config": config})
+    model, train = config.model, config.train
+    with tf.Graph().as_default() as graph:
+        v1.train.create_global_step()
+        real = tf.zeros([1, max(train.d_steps, 1), config.data.batch_size] + list(model.sample_shape))
+        ops = gan_lib.gan_train_ops(parts, real, None, train.d_steps, train.g_steps)
+        needed = v1.graph_util.extract_sub_graph(graph.as_graph_def(add_shapes=True), [ops.train_op.name])
+    with tf.Graph().as_default() as step_graph:
+        tf.graph_util.import_graph_def(needed, name="")
+        options = v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        return v1.profiler.profile(step_graph, options=options).total_float_ops
+
+
+def matmul_peak(size: int = 2048, repeats: int = 3) -> float:
+    """The machine's dense float32 matmul rate (FLOP/s): a `size`^3 matmul in a session with
+    this process's thread pools, median of `repeats` after a warm-up."""
+    with tf.Graph().as_default():
+        a = v1.get_variable("a", [size, size], initializer=v1.random_normal_initializer())
+        b = v1.get_variable("b", [size, size], initializer=v1.random_normal_initializer())
+        product = tf.reduce_sum(tf.matmul(a, b))
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            session.run(product)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                session.run(product)
+                times.append(time.perf_counter() - start)
+    return 2.0 * size ** 3 / median(times)
 
 
 # ---------------------------------------------------------------------- measurement

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from estimator_gan import fileio
 from estimator_gan.data import sources
 from estimator_gan.errors import ConfigError
-from estimator_gan.model import losses
+from estimator_gan.model import augment, losses
 
 CONFIG_FILENAME = "config.yaml"
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -173,8 +173,9 @@ class DiscriminatorConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The networks. Every field here fixes variable shapes: a model directory refuses to
-    resume under a config that changes any of them."""
+    """The networks. The fields here (but `augment` and `generator.inference_weights`) fix
+    variable shapes: a model directory refuses to resume under a config that changes any of
+    them."""
 
     architecture: Literal["dcgan", "mlp"] = Field(
         "dcgan", description="Built-in network pair: `dcgan` (images) or `mlp` (e.g. 2D points).")
@@ -192,6 +193,16 @@ class ModelConfig(_Strict):
     discriminator_fn: Optional[str] = Field(
         None, description="Import path of your own discriminator fn(samples, labels, mode, "
                           "params) -> logits [B]; replaces the architecture's.")
+    augment: Optional[str] = Field(
+        None, description="Differentiable augmentation of every image D sees in training (DiffAugment), "
+                          "comma-separated, applied in order: " + ", ".join(augment.TRANSFORMS)
+                          + " (e.g. 'color,translation,cutout'); null: none. Images only.")
+
+    @field_validator("augment")
+    @classmethod
+    def _augmentations(cls, v):
+        augment.policy(v)
+        return v
 
 
 class LossConfig(_Strict):
@@ -203,6 +214,11 @@ class LossConfig(_Strict):
                     "GANLoss or a (discriminator_loss, generator_loss) pair.")
     gradient_penalty_weight: float = Field(
         10.0, ge=0, description="wasserstein: weight of the gradient penalty (0: none).")
+    r1_weight: float = Field(
+        0.0, ge=0, description="gamma of the zero-centred gradient penalty on real data, "
+        "gamma/2 E||grad D(x)||^2 (R1, Mescheder et al. 2018), added to D's loss (0: none).")
+    r1_every: int = Field(
+        1, ge=1, description="Lazy R1: apply it (times this factor) every n-th step only.")
 
     @field_validator("name")
     @classmethod
@@ -244,12 +260,20 @@ class TrainConfig(_Strict):
     max_minutes: Optional[float] = Field(
         None, gt=0, description="Time budget: after this many minutes of wall time, stop like "
         "SIGTERM does (finish the run, save a checkpoint, exit 0); a rerun continues (null: none).")
-    steps_per_run: int = Field(
-        1, ge=1, description="Global steps per session.run, in one in-graph loop (single-process "
+    steps_per_run: Optional[int] = Field(
+        None, ge=1, description="Global steps per session.run, in one in-graph loop (single-process "
         "training; lowered to divide the log, summary and checkpoint intervals). Does not change "
-        "what is computed.")
+        "what is computed. null: chosen from the model's size (many for small models).")
+    lr_decay_start: Optional[float] = Field(
+        None, ge=0, lt=1, description="From this fraction of max_steps on, both learning rates "
+        "decay linearly to lr_decay_final times their value at max_steps (null: constant).")
+    lr_decay_final: float = Field(0.0, ge=0, le=1, description="See lr_decay_start.")
+    precision: Literal["float32", "mixed_bfloat16"] = Field(
+        "float32", description="Training arithmetic: float32, or mixed_bfloat16 (matmuls and "
+        "convolutions in bfloat16 with float32 weights, through oneDNN; fast on CPUs with AMX or "
+        "AVX512_BF16, slow elsewhere). Exports and evaluation always run in float32.")
     reuse_fakes: bool = Field(
-        False, description="The G update reuses the generated batch (and its forward pass) of the "
+        True, description="The G update reuses the generated batch (and its forward pass) of the "
         "step's last D update instead of running G again: G's weights have not changed since.")
 
 
@@ -508,7 +532,7 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 # Fields of `model` that choose how a checkpoint is used, not what it holds.
-_NOT_ARCHITECTURE = {"model.generator.inference_weights"}
+_NOT_ARCHITECTURE = {"model.generator.inference_weights", "model.augment"}
 
 
 def architecture_differences(saved: Config, new: Config) -> List[str]:

@@ -279,3 +279,66 @@ def test_shipped_ring_config_covers_all_modes(tmp_path):
                                               config.data.mixture.centres(), config.data.mixture.std)
     assert metrics["modes_covered"] == 8, metrics["counts"]
     assert metrics["high_quality_share"] > 0.6
+
+
+# ------------------------------------------------------------------------- augmentation, R1, decay
+
+
+def test_augmentations_do_what_they_say_keyed_and_differentiable():
+    from estimator_gan.model import augment
+
+    x = tf.constant(np.random.RandomState(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32))
+    key = tf.constant([3, 4], tf.int64)
+    shifted = augment.translation(x, key).numpy()
+    for i in range(4):  # each image is the original moved by at most one pixel, zeros coming in
+        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   if np.allclose(np.roll(np.pad(x[i].numpy(), ((1, 1), (1, 1), (0, 0))), (-dy, -dx), (0, 1))[1:-1, 1:-1],
+                                  shifted[i])]
+        assert matches, i
+    cut = augment.cutout(tf.ones([4, 8, 8, 1]), key).numpy()
+    assert all(0 < (cut[i] == 0).sum() <= 16 for i in range(4))  # a 4x4 square, clipped at borders
+    colored = augment.color(x, key).numpy()
+    assert not np.allclose(colored, x.numpy())
+    both = augment.policy("color,translation,cutout")
+    np.testing.assert_array_equal(augment.augment(x, both, key), augment.augment(x, both, key))
+    assert not np.allclose(augment.augment(x, both, key), augment.augment(x, both, key + 1))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = tf.reduce_sum(augment.augment(x, both, key))
+    assert float(tf.reduce_sum(tf.abs(tape.gradient(out, x)))) > 0
+    with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
+        augment.policy("color,flip")
+    with pytest.raises(config_lib.ConfigError, match="model.augment: unknown augmentation 'flip'"):
+        tiny_config("model.augment=flip")
+    with pytest.raises(config_lib.ConfigError, match="model.augment applies to images"):
+        GAN(tiny_config("model.augment=color", architecture="mlp"), model_dir="/tmp/unused").train(max_steps=1)
+
+
+def test_r1_penalty_is_the_squared_gradient_norm_on_real_data():
+    from estimator_gan.model import losses
+
+    w = tf.constant([[1.0], [2.0], [-2.0]])
+    real = tf.constant(np.random.RandomState(0).normal(size=(5, 3)).astype(np.float32))
+
+    with tf.Graph().as_default():
+        real_t = tf.constant(real.numpy())
+        logits = tf.squeeze(tf.matmul(real_t, tf.constant(w.numpy())), 1)
+        inputs = losses.DiscriminatorLossInputs(logits, logits, real_t, real_t, None)
+        with v1.Session() as sess:
+            assert sess.run(losses.r1_penalty(inputs)) == pytest.approx(9.0)  # ||w||^2
+
+
+def test_learning_rate_decays_linearly_from_its_start():
+    train = tiny_config("train.max_steps=100", "train.lr_decay_start=0.5", "train.lr_decay_final=0.1").train
+    rates = [float(gan_lib.learning_rate(1.0, train, tf.constant(s, tf.int64))) for s in (0, 50, 75, 100, 120)]
+    assert rates == pytest.approx([1.0, 1.0, 0.55, 0.1, 0.1])
+    assert float(gan_lib.learning_rate(2.0, tiny_config().train, tf.constant(7))) == 2.0
+
+
+def test_training_with_augmentation_lazy_r1_and_decay(tmp_path):
+    gan = GAN(tiny_config("model.augment=color,translation,cutout", "loss.r1_weight=10",
+                          "loss.r1_every=2", "train.lr_decay_start=0.5", "train.steps_per_run=2"),
+              model_dir=str(tmp_path))
+    assert gan.train(array_input_fn(tiny_images()), max_steps=4, progress=False) == 4
+    samples = gan.generate(3)
+    assert samples.shape == (3, 8, 8, 1) and np.all(np.isfinite(samples))

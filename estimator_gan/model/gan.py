@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from estimator_gan import sampling
 from estimator_gan.errors import ConfigError, NetworkError
+from estimator_gan.model import augment as augment_lib
 from estimator_gan.model import losses as losses_lib
 from estimator_gan.model import networks
 
@@ -241,7 +242,9 @@ class GANParts:
 
 
 class GANModel(NamedTuple):
-    """One forward pass. PREDICT builds one network only and leaves the other's fields None."""
+    """One forward pass. PREDICT builds one network only and leaves the other's fields None.
+    `real` and `fake` are the batches D judged (augmented in training when `model.augment` is
+    set; `fake` under `stop_gradient`); `generated` is G's output itself."""
 
     noise: Optional[tf.Tensor]
     labels: Optional[tf.Tensor]
@@ -252,6 +255,7 @@ class GANModel(NamedTuple):
     generator_call: Optional[NetworkOutput]
     real_call: Optional[NetworkOutput]
     fake_call: Optional[NetworkOutput]
+    fake: Optional[tf.Tensor] = None
 
 
 class GANLosses(NamedTuple):
@@ -261,14 +265,19 @@ class GANLosses(NamedTuple):
     generator: Optional[tf.Tensor]
 
 
-def gan_model(parts: GANParts, real, labels, mode, noise) -> GANModel:
+def gan_model(parts: GANParts, real, labels, mode, noise,
+              transform: Optional[Callable] = None) -> GANModel:
     """G on `noise`, then D on `real` and on the generated batch under `stop_gradient` (so the
-    D loss never reaches G; the G update calls D on `generated` itself)."""
+    D loss never reaches G; the G update calls D on `generated` itself). `transform(images,
+    stream)` (training augmentation) changes what D sees: stream 0 the real, 1 the fake batch."""
+    transform = transform or (lambda images, stream: images)
     generated = parts.generator(noise, labels, mode)
+    real = transform(real, 0)
+    fake = transform(tf.stop_gradient(generated.outputs), 1)
     real_call = parts.discriminator(real, labels, mode)
-    fake_call = parts.discriminator(tf.stop_gradient(generated.outputs), labels, mode)
+    fake_call = parts.discriminator(fake, labels, mode)
     return GANModel(noise, labels, real, generated.outputs, real_call.outputs, fake_call.outputs,
-                    generated, real_call, fake_call)
+                    generated, real_call, fake_call, fake)
 
 
 def generator_model(parts: GANParts, noise, labels, mode=ModeKeys.PREDICT) -> GANModel:
@@ -281,13 +290,18 @@ def discriminator_model(parts: GANParts, samples, labels, mode=ModeKeys.PREDICT)
     return GANModel(None, labels, samples, None, call.outputs, None, None, call, None)
 
 
+def loss_inputs(parts: GANParts, model: GANModel, mode, seed=None) -> losses_lib.DiscriminatorLossInputs:
+    """What the discriminator loss of a forward pass gets (see `DiscriminatorLossInputs`)."""
+    return losses_lib.DiscriminatorLossInputs(
+        model.real_logits, model.fake_logits, model.real,
+        model.fake if model.fake is not None else model.generated,
+        lambda x: parts.discriminator(x, model.labels, mode).outputs, seed)
+
+
 def gan_losses(parts: GANParts, model: GANModel, mode, seed=None) -> GANLosses:
     """Both losses of a forward pass: D's from both logits (and, for a gradient penalty, D
     itself), G's from the logits of its samples."""
-    inputs = losses_lib.DiscriminatorLossInputs(
-        model.real_logits, model.fake_logits, model.real, model.generated,
-        lambda x: parts.discriminator(x, model.labels, mode).outputs, seed)
-    return GANLosses(parts.loss.discriminator_loss(inputs, parts.config.loss),
+    return GANLosses(parts.loss.discriminator_loss(loss_inputs(parts, model, mode, seed), parts.config.loss),
                      parts.loss.generator_loss(model.fake_logits, parts.config.loss))
 
 
@@ -347,13 +361,23 @@ def ema_variable(var) -> tf.Variable:
 _OPTIMIZER_PREFIX = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSProp"}
 
 
-def _optimizer(cfg, role_prefix: str):
+def _optimizer(cfg, role_prefix: str, learning_rate):
     name = f"{role_prefix}_{_OPTIMIZER_PREFIX[cfg.name]}"
     if cfg.name == "adam":
-        return v1.train.AdamOptimizer(cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, name=name)
+        return v1.train.AdamOptimizer(learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, name=name)
     if cfg.name == "rmsprop":
-        return v1.train.RMSPropOptimizer(cfg.learning_rate, name=name)
-    return v1.train.GradientDescentOptimizer(cfg.learning_rate, name=name)
+        return v1.train.RMSPropOptimizer(learning_rate, name=name)
+    return v1.train.GradientDescentOptimizer(learning_rate, name=name)
+
+
+def learning_rate(base: float, train, step) -> tf.Tensor:
+    """`base`, decayed linearly from `train.lr_decay_start` of max_steps on to
+    `train.lr_decay_final` times `base` at max_steps (constant without a decay start)."""
+    if train.lr_decay_start is None:
+        return tf.constant(base)
+    begin = train.lr_decay_start * train.max_steps
+    progress = tf.clip_by_value((tf.cast(step, tf.float32) - begin) / max(train.max_steps - begin, 1.0), 0.0, 1.0)
+    return base * (1.0 - (1.0 - train.lr_decay_final) * progress)
 
 
 class _Trainer:
@@ -363,8 +387,21 @@ class _Trainer:
         self.parts = parts
         self.key = key
         train = parts.config.train
-        self.g_opt = _optimizer(train.generator_optimizer, "G")
-        self.d_opt = _optimizer(train.discriminator_optimizer, "D")
+        self.step_tensor = None  # the global step of the update being built (see `step`)
+        self.g_opt = _optimizer(train.generator_optimizer, "G", lambda: learning_rate(
+            train.generator_optimizer.learning_rate, train, self.step_tensor))
+        self.d_opt = _optimizer(train.discriminator_optimizer, "D", lambda: learning_rate(
+            train.discriminator_optimizer.learning_rate, train, self.step_tensor))
+        self.augmentations = augment_lib.policy(parts.model.augment)
+        if self.augmentations and len(parts.model.sample_shape) != 3:
+            raise ConfigError(f"model.augment applies to images; these samples have shape "
+                              f"{list(parts.model.sample_shape)}")
+
+    def _transform(self, key) -> Optional[Callable]:
+        """The augmentation of D's inputs for an update with this key (None without)."""
+        if not self.augmentations:
+            return None
+        return lambda images, stream: augment_lib.augment(images, self.augmentations, fold(key, 10, stream))
 
     @staticmethod
     def _apply(optimizer, loss, scope, counter, name_scope, update_ops=()):
@@ -383,9 +420,10 @@ class _Trainer:
         batch a G update may reuse) and the loss. Power iterations advance after it."""
         batch = tf.shape(real)[0]
         noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 0))
-        model = gan_model(self.parts, real, labels, ModeKeys.TRAIN, noise)
-        d_loss = gan_losses(self.parts, model, ModeKeys.TRAIN, fold(key, 1)).discriminator
-        d_loss = tf.identity(d_loss, name="discriminator_loss")
+        model = gan_model(self.parts, real, labels, ModeKeys.TRAIN, noise, self._transform(key))
+        inputs = loss_inputs(self.parts, model, ModeKeys.TRAIN, fold(key, 1))
+        d_loss = self.parts.loss.discriminator_loss(inputs, self.parts.config.loss)
+        d_loss = tf.identity(d_loss + self._r1(inputs), name="discriminator_loss")
         op = self._apply(self.d_opt, d_loss, DISCRIMINATOR, DISCRIMINATOR_STEP, "D_train",
                          model.real_call.update_ops + model.fake_call.update_ops)
         pairs = model.real_call.power_iterations
@@ -394,6 +432,16 @@ class _Trainer:
             with tf.control_dependencies([op]):
                 op = tf.group([v1.assign(u, u_new) for u, u_new in pairs])
         return op, model, d_loss
+
+    def _r1(self, inputs) -> tf.Tensor:
+        """gamma/2 R1, every `loss.r1_every`-th step only (times that factor); 0 without."""
+        cfg = self.parts.config.loss
+        if cfg.r1_weight <= 0:
+            return tf.constant(0.0)
+        term = lambda: 0.5 * cfg.r1_weight * cfg.r1_every * losses_lib.r1_penalty(inputs)  # noqa: E731
+        if cfg.r1_every == 1:
+            return term()
+        return tf.cond(tf.equal(self.step_tensor % cfg.r1_every, 0), term, lambda: tf.constant(0.0))
 
     def generator_update(self, batch, labels, key, reuse: Optional[GANModel] = None):
         """One G update through D: G's own variables (and batch-norm statistics) only. With
@@ -404,7 +452,9 @@ class _Trainer:
             generated = self.parts.generator(noise, labels, ModeKeys.TRAIN)
         else:
             generated = reuse.generator_call
-        fake_logits = self.parts.discriminator(generated.outputs, labels, ModeKeys.TRAIN).outputs
+        transform = self._transform(key)
+        fake = generated.outputs if transform is None else transform(generated.outputs, 2)
+        fake_logits = self.parts.discriminator(fake, labels, ModeKeys.TRAIN).outputs
         g_loss = tf.identity(self.parts.loss.generator_loss(fake_logits, self.parts.config.loss),
                              name="generator_loss")
         op = self._apply(self.g_opt, g_loss, GENERATOR, GENERATOR_STEP, "G_train",
@@ -437,6 +487,7 @@ class _Trainer:
         """One global step: `d_steps` D updates, then `g_steps` G updates, chained; a side with
         zero updates is still built, unrun, so the graph holds its optimizer state."""
         key = fold(self.key, step)
+        self.step_tensor = step
         reuse_fakes = self.parts.config.train.reuse_fakes
         dependency: List = []
         d_loss = g_loss = model = None

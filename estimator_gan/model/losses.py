@@ -122,6 +122,13 @@ def gradient_penalty(inputs: DiscriminatorLossInputs) -> tf.Tensor:
     return _mean(tf.square(norms - 1.0))
 
 
+def r1_penalty(inputs: DiscriminatorLossInputs) -> tf.Tensor:
+    """R1 (Mescheder et al., 2018): E[||grad_x D(x)||^2] on the real batch D judged (half of it
+    times gamma is the penalty)."""
+    grads = tf.gradients(tf.reduce_sum(inputs.real_logits), [inputs.real])[0]
+    return _mean(tf.reduce_sum(tf.reshape(tf.square(grads), [tf.shape(grads)[0], -1]), axis=1))
+
+
 def _wasserstein_d(inputs, config):
     loss = _mean(inputs.fake_logits) - _mean(inputs.real_logits)
     if config.gradient_penalty_weight > 0:

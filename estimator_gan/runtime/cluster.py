@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional
 
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from estimator_gan.config import Config, DistributeConfig
 from estimator_gan.errors import TFConfigError
@@ -245,6 +246,10 @@ def make_run_config(config: Config, model_dir: str, cluster: Optional[Cluster] =
     train = config.train
     check_cluster(cluster, config.distribute)
     train_distribute, session_config = make_strategy(config.distribute, cluster)
+    if train.precision == "mixed_bfloat16":
+        session_config = session_config or tf.compat.v1.ConfigProto()
+        session_config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = (
+            rewriter_config_pb2.RewriterConfig.ON)
     kwargs = dict(
         train_distribute=train_distribute,
         session_config=session_config,

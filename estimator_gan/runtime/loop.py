@@ -26,7 +26,7 @@ import inspect
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -121,39 +121,69 @@ def _memory_bytes() -> int:
         return 8 << 30
 
 
-def check_model_size(parts: gan.GANParts, memory: Optional[int] = None) -> int:
-    """Refuse networks whose variables (with both optimizers' slots and the EMA) would not fit
-    in half of this machine's memory; returns the estimated bytes. Builds the networks in a
-    throwaway graph (no memory is allocated)."""
-    model = parts.model
-    with tf.Graph().as_default():
-        noise = tf.zeros([2, model.z_dim])
-        labels = tf.zeros([2], tf.int32) if model.conditional else None
-        parts.generator(noise, labels, ModeKeys.TRAIN)
-        parts.discriminator(tf.zeros([2 * model.discriminator.packing] + list(model.sample_shape)),
-                            None if labels is None else tf.zeros([2 * model.discriminator.packing], tf.int32),
-                            ModeKeys.TRAIN)
-        variables = v1.global_variables()
-        sizes = [(int(np.prod(v.shape.as_list())) * v.dtype.size, v) for v in variables]
+class NetworkCost(NamedTuple):
+    """What a model costs, estimated from its graph: bytes of its variables with both
+    optimizers' slots and the EMA, its largest variable, and floating-point operations of one
+    global step (forward and backward passes of every update)."""
+
+    variable_bytes: int
+    largest: Tuple[str, List[int]]
+    step_flops: int
+
+
+def network_cost(parts: gan.GANParts) -> NetworkCost:
+    """Build G and D on one global batch in a throwaway graph (no memory is allocated) and
+    measure them (see `NetworkCost`)."""
+    model, train = parts.model, parts.config.train
+    batch = parts.config.data.batch_size
+    with tf.Graph().as_default() as graph:
+        labels = tf.zeros([batch], tf.int32) if model.conditional else None
+        fake = parts.generator(tf.zeros([batch, model.z_dim]), labels, ModeKeys.TRAIN).outputs
+        parts.discriminator(fake, labels, ModeKeys.TRAIN)
+        sizes = [(int(np.prod(v.shape.as_list())) * v.dtype.size, v) for v in v1.global_variables()]
+        options = v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        forward = v1.profiler.profile(graph, options=options).total_float_ops
     copies = 4 if parts.ema_decay is not None else 3  # weights, two Adam slots, EMA
-    total = sum(size for size, _ in sizes) * copies
+    _, largest = max(sizes, key=lambda pair: pair[0])
+    # Each update runs about one forward of both networks and twice that backward.
+    return NetworkCost(sum(size for size, _ in sizes) * copies,
+                       (largest.op.name, largest.shape.as_list()),
+                       3 * forward * (train.d_steps + train.g_steps))
+
+
+def check_model_size(parts: gan.GANParts, memory: Optional[int] = None) -> NetworkCost:
+    """Refuse networks whose variables (with both optimizers' slots and the EMA) would not fit
+    in half of this machine's memory; returns the `NetworkCost`."""
+    cost = network_cost(parts)
     memory = memory or _memory_bytes()
-    if total > memory // 2:
-        largest = max(sizes, key=lambda pair: pair[0])[1]
+    if cost.variable_bytes > memory // 2:
+        name, shape = cost.largest
         raise ConfigError(
-            f"the networks need about {total / 2 ** 30:.1f} GiB for their variables and "
-            f"optimizer state, more than half of this machine's {memory / 2 ** 30:.1f} GiB (the "
-            f"largest is {largest.op.name} {largest.shape.as_list()}, model.z_dim="
-            f"{model.z_dim}): make the model smaller")
-    return total
+            f"the networks need about {cost.variable_bytes / 2 ** 30:.1f} GiB for their variables "
+            f"and optimizer state, more than half of this machine's {memory / 2 ** 30:.1f} GiB (the "
+            f"largest is {name} {shape}, model.z_dim={parts.model.z_dim}): make the model smaller")
+    return cost
 
 
-def steps_per_run(config, requested: Optional[int] = None) -> int:
-    """The steps per `session.run`: the config's (or `requested`), lowered to the largest
-    divisor of the logging, summary and checkpoint intervals, so that each of them falls on a
-    run boundary."""
+# `train.steps_per_run: null` aims at runs of about this many floating-point operations
+# (~0.1 s at 100 GFLOP/s): long enough to hide the per-run cost of session.run and hooks,
+# short enough for prompt logging and stops.
+AUTO_RUN_FLOPS = 1e10
+MAX_STEPS_PER_RUN = 100
+
+
+def steps_per_run(config, step_flops: Optional[int] = None) -> int:
+    """The steps per `session.run`: `train.steps_per_run`, or when it is null, as many steps
+    as make about `AUTO_RUN_FLOPS` (from `step_flops`, estimated when not given), at most
+    `MAX_STEPS_PER_RUN`; then lowered to the largest divisor of the logging, summary and
+    checkpoint intervals, so that each of them falls on a run boundary."""
     train = config.train
-    k = requested or train.steps_per_run
+    k = train.steps_per_run
+    if k is None:
+        if step_flops is None:
+            step_flops = network_cost(gan.GANParts.from_params({"config": config})).step_flops
+        k = int(min(MAX_STEPS_PER_RUN, max(1, math.ceil(AUTO_RUN_FLOPS / max(step_flops, 1)))))
     interval = math.gcd(math.gcd(train.log_every_steps, train.save_checkpoints_steps),
                         train.save_summary_steps)
     return max(d for d in range(1, min(k, interval) + 1) if interval % d == 0)
@@ -206,7 +236,7 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
     is_chief = cluster.is_chief if cluster is not None else (run_config.is_chief if run_config else True)
     if input_fn is None:
         check_labels(config)
-    check_model_size(gan.GANParts.from_params(params))
+    cost = check_model_size(gan.GANParts.from_params(params))
     model_dir_lib.check_architecture(config, model_dir)
     with model_dir_lib.RunLock(model_dir) if is_chief else contextlib.nullcontext():
         if is_chief:
@@ -214,7 +244,7 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
             model_dir_lib.recover_latest_checkpoint(model_dir)
             config_lib.save_config(config, model_dir)
         distributed = cluster is not None or config.distribute.strategy != "none"
-        k = 1 if distributed else steps_per_run(config)
+        k = 1 if distributed else steps_per_run(config, cost.step_flops)
         budget = TimeBudget(train_cfg.max_minutes, started) if train_cfg.max_minutes else None
         start_step = checkpoints.latest_step(model_dir)
         overrides = dict(save_summary_steps=None) if k > 1 else {}
