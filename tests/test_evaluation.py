@@ -121,7 +121,10 @@ def test_listener_records_metrics_per_checkpoint_with_tensorboard_scalars_and_im
     for record in history:
         assert record["kind"] == "classifier" and record["num_samples"] == 64
         assert set(record["metrics"]) == set(record["reference"]) == {
-            "frechet_distance", "kid", "kid_std", "classifier_score", "classifier_score_std"}
+            "frechet_distance", "kid", "kid_std", "classifier_score", "classifier_score_std",
+            "min_class_share"}
+        assert 0.0 <= record["metrics"]["min_class_share"] <= 0.1  # 10 classes: the rarest <= 1/10
+        assert 0.0 <= record["reference"]["min_class_share"] <= 0.1
         assert record["metrics"]["frechet_distance"] > record["reference"]["frechet_distance"]
     events = _events(model_dir)
     assert [s for s, _ in events["eval/frechet_distance"]] == [0, 4]

@@ -149,6 +149,13 @@ def test_mixture_metrics_few_stray_points_do_not_cover_a_mode():
     m = ev.mixture_mode_metrics(points, centres, std=0.02)
     assert m["counts"][5] == 3
     assert m["modes_covered"] == 1
+    assert m["modes_covered_any"] == 2  # the papers' rule counts the three strays' mode
+
+
+def test_class_shares_count_argmax_per_class():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    np.testing.assert_allclose(ev.class_shares(probs), [0.5, 0.25, 0.25])
+    assert ev.class_shares(probs[:2]).min() == 0.0
 
 
 def _pattern_images(rng, n, size=8):

@@ -27,8 +27,8 @@ from estimator_gan import checkpoints, fileio, sampling
 from estimator_gan.data import pipeline, sources
 from estimator_gan.errors import DataError, ExportError
 from estimator_gan.evaluation.classifier import train_feature_classifier
-from estimator_gan.evaluation.metrics import (classifier_score, fallback_features, frechet_distance,
-                                              kernel_distance, mixture_mode_metrics)
+from estimator_gan.evaluation.metrics import (class_shares, classifier_score, fallback_features,
+                                              frechet_distance, kernel_distance, mixture_mode_metrics)
 from estimator_gan.serving import saved_model
 
 EVAL_DIR = "evaluation"
@@ -61,10 +61,11 @@ class SampleMetrics:
     keys, the second measured on N real examples that stand in for the samples. Which metrics
     (`kind`):
 
-    * `mixture` (2D mixture data): modes_covered, num_modes, high_quality_share,
-      kl_to_uniform (`mixture_mode_metrics`, k = `eval.mode_std_k`).
-    * `classifier` (labelled images): frechet_distance, kid, classifier_score in the feature
-      space of `train_feature_classifier`, trained on the evaluation data (see
+    * `mixture` (2D mixture data): modes_covered, modes_covered_any, num_modes,
+      high_quality_share, kl_to_uniform (`mixture_mode_metrics`, k = `eval.mode_std_k`).
+    * `classifier` (labelled images): frechet_distance, kid, classifier_score and
+      min_class_share (the rarest class's share of the samples, by the classifier) in the
+      feature space of `train_feature_classifier`, trained on the evaluation data (see
       `evaluation_data_config`) with `eval.seed` and cached (`eval.classifier_cache`).
     * `fallback` (unlabelled images): frechet_distance and kid on `fallback_features`.
 
@@ -135,7 +136,7 @@ class SampleMetrics:
     def _mixture(self, points) -> Dict[str, float]:
         out = mixture_mode_metrics(points, self._centres, self._std, k=self.config.eval.mode_std_k)
         return {key: out[key] for key in
-                ("modes_covered", "num_modes", "high_quality_share", "kl_to_uniform")}
+                ("modes_covered", "modes_covered_any", "num_modes", "high_quality_share", "kl_to_uniform")}
 
     def _images(self, images) -> Dict[str, float]:
         ev = self.config.eval
@@ -145,8 +146,10 @@ class SampleMetrics:
         out = {"frechet_distance": frechet_distance(self._real_feats, feats),
                "kid": kid["mean"], "kid_std": kid["std"]}
         if self._classifier is not None:
-            score = classifier_score(self._classifier.probabilities(images))
-            out.update(classifier_score=score["mean"], classifier_score_std=score["std"])
+            probs = self._classifier.probabilities(images)
+            score = classifier_score(probs)
+            out.update(classifier_score=score["mean"], classifier_score_std=score["std"],
+                       min_class_share=float(class_shares(probs).min()))
         return out
 
     def __call__(self, samples):

@@ -138,10 +138,12 @@ def mixture_mode_metrics(points, centres, std: float, k: float = 3.0,
     uniform spread of all N samples over the K modes would give, so a few stray points do not
     count as capturing a mode.
 
-    Returns: modes_covered, num_modes, high_quality_share (fraction of all points that are high
-    quality), kl_to_uniform (KL(p || uniform) in nats of the high-quality histogram p over
-    modes, 0 for a perfect spread, log K for a single mode, NaN if no point is high quality),
-    counts (per-mode high-quality counts) and min_count_for_coverage.
+    Returns: modes_covered, modes_covered_any (the rule of the mode-collapse papers, VEEGAN and
+    PacGAN: a mode holding at least one high-quality point), num_modes, high_quality_share
+    (fraction of all points that are high quality), kl_to_uniform (the reverse KL, KL(p ||
+    uniform) in nats, of the high-quality histogram p over modes: 0 for a perfect spread, log K
+    for a single mode, NaN if no point is high quality), counts (per-mode high-quality counts)
+    and min_count_for_coverage.
     """
     pts = np.asarray(points, dtype=np.float64)
     ctr = np.asarray(centres, dtype=np.float64)
@@ -166,6 +168,7 @@ def mixture_mode_metrics(points, centres, std: float, k: float = 3.0,
         kl = float("nan")
     return {
         "modes_covered": int(np.sum(counts >= min_count)),
+        "modes_covered_any": int(np.sum(counts >= 1)),
         "num_modes": int(num_modes),
         "high_quality_share": float(good.mean()),
         "kl_to_uniform": kl,
@@ -173,6 +176,11 @@ def mixture_mode_metrics(points, centres, std: float, k: float = 3.0,
         "min_count_for_coverage": float(min_count),
     }
 
+
+def class_shares(probs) -> np.ndarray:
+    """The share of samples a classifier assigns (argmax) to each class, from `[N, K]` rows."""
+    p = np.asarray(probs, dtype=np.float64)
+    return np.bincount(np.argmax(p, axis=1), minlength=p.shape[1]) / max(p.shape[0], 1)
 
 
 def as_images(images, name: str = "images") -> np.ndarray:
