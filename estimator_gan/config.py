@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from estimator_gan import fileio
 from estimator_gan.data import sources
 from estimator_gan.errors import ConfigError
-from estimator_gan.model import augment, losses
+from estimator_gan.model import augment, losses, networks
 
 CONFIG_FILENAME = "config.yaml"
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -177,8 +177,9 @@ class ModelConfig(_Strict):
     variable shapes: a model directory refuses to resume under a config that changes any of
     them."""
 
-    architecture: Literal["dcgan", "mlp"] = Field(
-        "dcgan", description="Built-in network pair: `dcgan` (images) or `mlp` (e.g. 2D points).")
+    architecture: str = Field(
+        "dcgan", description="Built-in network pair: " + ", ".join(f"`{n}`" for n in networks.ARCHITECTURES)
+        + " (`dcgan` for images, `mlp` for e.g. 2D points).")
     z_dim: int = Field(64, ge=1, description="Length of the noise vector fed to the generator.")
     sample_shape: Optional[List[int]] = Field(
         None, description="Shape of one example; filled in from the data source.")
@@ -197,6 +198,13 @@ class ModelConfig(_Strict):
         None, description="Differentiable augmentation of every image D sees in training (DiffAugment), "
                           "comma-separated, applied in order: " + ", ".join(augment.TRANSFORMS)
                           + " (e.g. 'color,translation,cutout'); null: none. Images only.")
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v):
+        if v not in networks.ARCHITECTURES:
+            raise ValueError(f"unknown architecture {v!r}; choose one of {', '.join(networks.ARCHITECTURES)}")
+        return v
 
     @field_validator("augment")
     @classmethod
