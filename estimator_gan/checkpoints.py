@@ -43,10 +43,11 @@ def on_disk(model_dir: str) -> List[Tuple[int, str]]:
 
 
 def latest_step(model_dir: str) -> int:
-    """Global step of the latest checkpoint (the state file's, else the newest on disk; 0 if
-    there is none)."""
+    """Global step of the newest checkpoint on disk whose step reads (the state file may be
+    missing or lag behind after a kill; a training run resumes from the newest one too), else
+    the state file's; 0 if there is none."""
     latest = tf.train.latest_checkpoint(model_dir)
-    candidates = ([latest] if latest else []) + [p for _, p in on_disk(model_dir)]
+    candidates = [p for _, p in on_disk(model_dir)] + ([latest] if latest else [])
     for path in candidates:
         with contextlib.suppress(Exception):
             return step_of(path)

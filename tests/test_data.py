@@ -397,6 +397,27 @@ def test_npy_wrong_shape_range_and_labels(tmp_path):
     assert_data_error(lambda: sources.num_classes(cfg), "labels.npy")
 
 
+@pytest.mark.parametrize("kind", ["points", "images", "npz"])
+def test_npy_with_a_nan_or_inf_names_it_and_its_index(tmp_path, kind):
+    """A NaN would make every loss NaN from the first batch that holds it (training then stops
+    at a random step); it is refused up front, naming the value and where it is."""
+    if kind == "points":
+        x = np.zeros((10, 2), np.float32)
+        x[7, 1] = np.nan
+        where, value = "(7, 1)", "NaN"
+    else:
+        x = np.zeros((6, 4, 4), np.float64)
+        x[3, 2, 1] = -np.inf
+        where, value = "(3, 2, 1)", "-inf"
+    path = tmp_path / ("x.npz" if kind == "npz" else "x.npy")
+    np.savez(path, x=x, y=np.arange(len(x))) if kind == "npz" else np.save(path, x)
+    cfg = DataConfig(source="npy", path=str(path), batch_size=2)
+    message = assert_data_error(cfg, f"npy: {path} holds {value} at index {where}; every value must be finite")
+    assert message.count(value) == 1
+    np.save(tmp_path / "fine.npy", np.nan_to_num(x, neginf=0.0).astype(np.float32))
+    assert batches(DataConfig(source="npy", path=str(tmp_path / "fine.npy"), batch_size=2), n=1)
+
+
 def test_tfrecord_without_the_image_feature(tmp_path):
     path = tmp_path / "x.tfrecord"
     write_tfrecord(path, [pattern(0)], image_key="other")

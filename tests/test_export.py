@@ -208,6 +208,75 @@ def test_rest_json_the_readme_promises(trained):
     np.testing.assert_array_equal(np.asarray(columns["outputs"]["samples"], np.float32), direct)
 
 
+@pytest.mark.parametrize("signature, body, expected", [
+    ("noise", {"signature_name": "noise"}, "Missing 'inputs' or 'instances' key"),
+    ("noise", {"instances": [[0.0] * 8], "inputs": {"noise": [[0.0] * 8]}},
+     "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"),
+    ("noise", {"signature_name": "sample", "inputs": [[0.0] * 8]},
+     'Serving signature name: "sample" not found in signature def'),
+    ("seed", {"signature_name": "seed", "inputs": {"seed": 7}},
+     "Missing named input: count in 'inputs' object."),
+    ("seed", {"signature_name": "seed", "instances": [{"seed": 7}]},
+     "keys must be equal to: count,seed"),
+    ("seed", {"signature_name": "seed", "instances": [{"seed": 7, "count": 2, "labels": 1}]},
+     "Failed to process element: 0 key: labels of 'instances' list. Error: INVALID_ARGUMENT: JSON "
+     "object: does not have named input: labels"),
+    ("seed", {"signature_name": "seed", "instances": [7, 2]},
+     "instances is a plain list, but expecting list of objects as multiple input tensors"),
+    ("noise", {"instances": {"noise": [0.0] * 8}}, "Excepting 'instances' to be an list/array"),
+    ("noise", {"instances": []}, "No values in 'instances' array"),
+    ("noise", {"signature_name": ["noise"], "instances": [[0.0] * 8]},
+     "'signature_name' key must be a string value"),
+    ("noise", [[0.0] * 8], "Is not object"),
+    ("noise", {"instances": [[0.0] * 5]}, "noise must have shape (batch, 8)"),
+    ("noise", {"instances": [[0.0] * 8, [0.0] * 7]},
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor "
+     "size: 8 but got: 7"),
+    ("noise", {"inputs": [[0.0] * 8, [0.0] * 7]},
+     "Encountered list at unexpected size: 7 at level: 1 expected size: 8"),
+    ("noise", {"inputs": {"noise": "abc"}}, 'JSON Value: "abc" Type: String is not of expected type: float'),
+    ("seed", {"signature_name": "seed", "inputs": {"seed": 7.5, "count": 2}},
+     "JSON Value: 7.5 Type: Number is not of expected type: int64"),
+    ("seed", {"signature_name": "seed", "inputs": {"seed": 2 ** 70, "count": 2}},
+     f"JSON Value: {2 ** 70} Type: Number is not of expected type: int64"),
+    ("seed", {"signature_name": "seed", "inputs": {"seed": 7, "count": 2 ** 40}},
+     f"JSON Value: {2 ** 40} Type: Number is not of expected type: int32"),
+    ("seed", {"signature_name": "seed", "inputs": {"seed": 7, "count": 0}}, "count must be at least 1"),
+], ids=["no-inputs-or-instances", "both", "unknown-signature", "missing-input-key",
+        "missing-instance-key", "unknown-instance-key", "plain-list-for-two-inputs",
+        "instances-not-a-list", "empty-instances", "signature-name-not-a-string", "not-an-object",
+        "wrong-shape", "ragged-instances", "ragged-inputs", "string-for-float", "float-for-int",
+        "int64-overflow", "int32-overflow", "count-zero"])
+def test_rest_predict_answers_a_malformed_body_with_an_error(trained, signature, body, expected):
+    """TF Serving answers a bad request body with `{"error": ...}` (HTTP 400), never a crash;
+    `rest_predict` does the same, with TF Serving's message."""
+    _, result, _ = trained
+    model = tf.saved_model.load(result.generator)
+    answer = saved_model.rest_predict(model, body)
+    assert list(answer) == ["error"], answer
+    assert isinstance(answer["error"], str) and expected in answer["error"], answer["error"]
+    assert answer["error"].strip()
+
+
+def test_non_finite_noise_is_refused_naming_the_row_and_column(trained, tmp_path, capsys):
+    _, result, root = trained
+    noise = np.zeros((4, 8), np.float32)
+    noise[2, 5] = np.nan
+    with pytest.raises(ExportError, match=r"^noise must be finite; row 2, column 5 is nan$"):
+        saved_model.load_generator(result.generator).from_noise(noise)
+    noise[2, 5], noise[3, 0] = 0.0, -np.inf
+    with pytest.raises(ExportError, match=r"row 3, column 0 is -inf"):
+        saved_model.load_generator(result.generator).from_noise(noise)
+
+    np.save(tmp_path / "noise.npy", np.where(np.eye(4, 8) > 0, np.nan, 0.0))
+    out = tmp_path / "samples.npy"
+    assert cli.main(["generate", "--export", str(root / "exports"), "--noise", str(tmp_path / "noise.npy"),
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["error: noise must be finite; row 0, column 0 is nan"], err
+    assert not out.exists()
+
+
 def _run_callable(saved_model_dir, signature_name, feeds):
     """Feed a signature through the C++ session API without Python-side shape checks, as
     TensorFlow Serving's model server does."""

@@ -4,6 +4,7 @@ Signals, kills and the lock run `run_train.py` in real subprocesses; the bad-inp
 the CLI's `main` in this process (same code path, same one-line output, no TF start-up each).
 """
 import contextlib
+import glob
 import io
 import json
 import os
@@ -309,6 +310,23 @@ def test_config_and_path_errors(tmp_path, capsys, args, fragments):
     assert_one_line_error(*cli_train(capsys, tmp_path / "m", *args)[::2], *fragments)
 
 
+def test_config_path_that_is_a_directory(tmp_path, capsys):
+    assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--config", str(tmp_path))[::2],
+                          f"config path {tmp_path} is a directory, not a YAML file")
+    assert not (tmp_path / "m").exists()
+
+
+def test_model_too_large_for_memory_is_refused_before_anything_is_written(tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    started = time.time()
+    message = assert_one_line_error(*cli_train(capsys, model_dir, "--set", "model.z_dim=1000000000")[::2],
+                                    "the networks need about ", "GiB for their variables",
+                                    "generator/project/kernel [1000000000, ", "model.z_dim=1000000000",
+                                    "make the model smaller")
+    assert time.time() - started < 60, "the check must not allocate the variables"
+    assert not model_dir.exists(), message
+
+
 def test_empty_image_folder(tmp_path, capsys):
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "notes.txt").write_text("no images here")
@@ -388,6 +406,17 @@ def test_labels_out_of_range(tmp_path, capsys):
         "--set", f"data.labels_path={tmp_path / 'y.npy'}", "--set", "model.architecture=mlp",
         "--set", "model.conditional=true", "--set", "model.num_classes=3")[::2],
         "npy: labels go up to 4 but model.num_classes is 3; labels must lie in 0..2")
+
+
+def test_npy_with_nan_is_refused_before_training(tmp_path, capsys):
+    x = np.zeros((20, 2), np.float32)
+    x[13, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    model_dir = tmp_path / "m"
+    assert_one_line_error(*cli_train(capsys, model_dir, "--set", "data.source=npy", "--set",
+                                     f"data.path={tmp_path / 'x.npy'}", "--set", "model.architecture=mlp")[::2],
+                          f"npy: {tmp_path / 'x.npy'} holds NaN at index (13, 0); every value must be finite")
+    assert not glob.glob(str(model_dir / "model.ckpt-*")) and not glob.glob(str(model_dir / "events.*"))
 
 
 def test_tfrecord_without_the_image_feature(tmp_path, capsys):

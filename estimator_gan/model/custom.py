@@ -121,7 +121,10 @@ def keras_network(build_model: Callable) -> Callable:
 
     def network(inputs, labels, mode, params):
         scope = v1.get_variable_scope().name
-        per_graph = models.setdefault(v1.get_default_graph(), {})
+        graph = v1.get_default_graph()
+        while getattr(graph, "outer_graph", None) is not None:  # a while-loop body's FuncGraph
+            graph = graph.outer_graph
+        per_graph = models.setdefault(graph, {})
         # An absolute name scope: Keras names variables after the name scope, not the variable
         # scope, and a re-entered variable scope opens `scope_1/`, `scope_2/`, ...
         with v1.name_scope(scope + "/" if scope else None):

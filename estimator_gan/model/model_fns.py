@@ -104,7 +104,7 @@ def train_spec(parts: gan.GANParts, features, labels, d_steps: int, g_steps: int
     scaffold = v1.train.Scaffold(saver=_saver(ops.refresh_statistics, run_config))
     hooks_fn = params.get("training_hooks")
     hooks, chief_hooks = hooks_fn(ops, scaffold) if hooks_fn else ([], [])
-    total = tf.add_n([v for v in ops.losses if v is not None], name="loss")
+    total = tf.add_n([v for v in ops.losses if v is not None], name="total_loss")
     return tf.estimator.EstimatorSpec(
         ModeKeys.TRAIN, loss=total, train_op=ops.train_op, training_hooks=list(hooks),
         training_chief_hooks=list(chief_hooks), scaffold=scaffold)

@@ -2,9 +2,10 @@
 `GANTrainOps` the TRAIN spec hands to `training_hooks(ops)` (see `runtime.loop`), never by
 looking into the graph:
 
-* `RunLoopHook` — with `steps_per_run` K > 1: feeds each run its number of steps (K, fewer for
-  the last run before max_steps), stops at max_steps exactly and writes the summaries at the
-  steps they are due (the Estimator's own hooks assume one step per run).
+* `RunLoopHook` — in one process: feeds each run its number of steps (`steps_per_run` K, fewer
+  for the last run before max_steps), stops at max_steps exactly and writes the summaries at
+  the steps they are due, the same steps whatever K is (the Estimator's summary hook assumes one
+  step per run).
 * `ProgressHook` — a progress line every `log_every_steps`: step, both losses, steps/s,
   examples/s, ETA.
 * `NonFiniteLossHook` — raises `TrainingDiverged` (naming the network, the value and the step)
@@ -59,8 +60,8 @@ class _StepTracker(tf.estimator.SessionRunHook):
 
 
 class RunLoopHook(_StepTracker):
-    """For `steps_per_run` K > 1 in one process (see the module docstring). `summary_every`:
-    write the graph's summaries when a run ends on a multiple of it (and at the last run)."""
+    """One process's runs of K steps (see the module docstring). `summary_every`: write the
+    graph's summaries when a run ends on a multiple of it (and at the last run)."""
 
     def __init__(self, ops: gan.GANTrainOps, steps_per_run: int, max_steps: int, model_dir: str,
                  summary_every: Optional[int]):

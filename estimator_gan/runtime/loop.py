@@ -192,11 +192,13 @@ def steps_per_run(config, step_flops: Optional[int] = None) -> int:
 # ---------------------------------------------------------------------------- training
 
 
-def _training_hooks(config, model_dir: str, max_steps: int, k: int, progress: bool, stream) -> Callable:
-    """The `training_hooks(ops, scaffold)` the TRAIN spec calls with its `GANTrainOps`. (The
-    Estimator's checkpoint saver hook reads the global step after every run, so it saves at the
-    exact steps whatever K is; its summary hook does not, so with K > 1 `RunLoopHook` writes
-    the summaries.)"""
+def _training_hooks(config, model_dir: str, max_steps: int, k: int, progress: bool, stream,
+                    run_loop: bool) -> Callable:
+    """The `training_hooks(ops, scaffold)` the TRAIN spec calls with its `GANTrainOps`. With
+    `run_loop` (one process) `RunLoopHook` feeds the steps per run, stops at max_steps and writes
+    the summaries at the steps they are due (the Estimator's summary hook would be off by up to
+    K); its checkpoint saver hook reads the global step after every run, so it saves at the
+    exact steps whatever K is."""
     train = config.train
     centres = config.data.mixture_centres()
 
@@ -209,7 +211,7 @@ def _training_hooks(config, model_dir: str, max_steps: int, k: int, progress: bo
         chief: List = [hooks_lib.NonFiniteLossHook(ops, model_dir),
                        hooks_lib.SamplePictureHook(ops, model_dir, train.save_checkpoints_steps,
                                                    centres, real_examples)]
-        if k > 1:
+        if run_loop:
             hooks.append(hooks_lib.RunLoopHook(ops, k, max_steps, model_dir, train.save_summary_steps))
         if progress:
             hooks.append(hooks_lib.ProgressHook(ops, train.log_every_steps, max_steps,
@@ -238,54 +240,57 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
         check_labels(config)
     cost = check_model_size(gan.GANParts.from_params(params))
     model_dir_lib.check_architecture(config, model_dir)
+    start_step = checkpoints.latest_step(model_dir)
+
+    def train_input_fn():
+        if input_fn is not None:
+            return input_fn
+        return pipeline.make_input_fn(config.data, training=True, seed=train_cfg.seed,
+                                      start_example=start_step * train_cfg.d_steps * config.data.batch_size)
+
+    # The data is loaded and checked before anything is written (ps and evaluator never read it).
+    reads_data = cluster is None or cluster.worker_index is not None
+    train_input = train_input_fn() if reads_data else _lazy_input_fn(train_input_fn)
     with model_dir_lib.RunLock(model_dir) if is_chief else contextlib.nullcontext():
         if is_chief:
             model_dir_lib.remove_partial_files(model_dir)
             model_dir_lib.recover_latest_checkpoint(model_dir)
+            if checkpoints.latest_step(model_dir) != start_step:  # an unreadable one set aside
+                start_step = checkpoints.latest_step(model_dir)
+                train_input = train_input_fn()
             config_lib.save_config(config, model_dir)
         distributed = cluster is not None or config.distribute.strategy != "none"
         k = 1 if distributed else steps_per_run(config, cost.step_flops)
         budget = TimeBudget(train_cfg.max_minutes, started) if train_cfg.max_minutes else None
-        start_step = checkpoints.latest_step(model_dir)
-        overrides = dict(save_summary_steps=None) if k > 1 else {}
+        # One process: summaries are written by RunLoopHook at the due steps whatever K is.
+        overrides = {} if distributed else dict(save_summary_steps=None)
         estimator_config = cluster_lib.make_run_config(config, model_dir, cluster, **overrides)
         if run_config is not None:
             estimator_config = run_config.replace(model_dir=model_dir, **overrides)
-        hooks_fn = _training_hooks(config, model_dir, max_steps, k, progress, stream)
+        hooks_fn = _training_hooks(config, model_dir, max_steps, k, progress, stream, not distributed)
         estimator = tf.estimator.Estimator(
             model_fn=model_fns.gan_model_fn, config=estimator_config,
             params=dict(params, steps_per_run=k, training_hooks=hooks_fn))
         all_hooks = list(hooks) + [hooks_lib.CheckpointCompatibilityHook(model_dir)]
         if budget is not None:
             all_hooks.append(budget)
-        default_input = input_fn is None
-        if default_input:
-            def input_fn_made():
-                return pipeline.make_input_fn(
-                    config.data, training=True, seed=train_cfg.seed,
-                    start_example=start_step * train_cfg.d_steps * config.data.batch_size)
-        else:
-            def input_fn_made():
-                return input_fn
         if cluster is None:
-            estimator.train(stacked_input_fn(input_fn_made(), train_cfg.d_steps, k),
+            estimator.train(stacked_input_fn(train_input, train_cfg.d_steps, k),
                             max_steps=max_steps, hooks=all_hooks, saving_listeners=list(listeners))
         else:
-            _train_and_evaluate(estimator, config, cluster, input_fn_made, default_input,
-                                max_steps, all_hooks, list(listeners))
+            _train_and_evaluate(estimator, config, cluster, train_input, max_steps, all_hooks,
+                                list(listeners))
+            _remove_worker_scratch(config, cluster, model_dir)
     step = checkpoints.latest_step(model_dir)
     picture = fileio.join(model_dir, "samples", f"step_{step:08d}.png")
     return TrainResult(step, is_chief, cluster, k, budget is not None and budget.expired,
                        picture if fileio.exists(picture) else None)
 
 
-def _train_and_evaluate(estimator, config, cluster, input_fn_made, default_input, max_steps,
-                        hooks, listeners) -> None:
+def _train_and_evaluate(estimator, config, cluster, train_input, max_steps, hooks, listeners) -> None:
     """This process's part of a distributed job (chief, worker, ps or evaluator), through
     `tf.estimator.train_and_evaluate`."""
     dcfg = config.distribute
-    train_input = (input_fn_made() if cluster.worker_index is not None or not default_input
-                   else _lazy_input_fn(input_fn_made))
     context = cluster_lib.worker_input_context(cluster, dcfg)
     if context is not None:
         train_input = _sharded_input_fn(train_input, context)
@@ -297,3 +302,14 @@ def _train_and_evaluate(estimator, config, cluster, input_fn_made, default_input
         steps=dcfg.evaluator_steps, exporters=[hooks_lib.EvaluationPrinter()], start_delay_secs=0,
         throttle_secs=dcfg.evaluator_throttle_secs)
     tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+
+
+def _remove_worker_scratch(config, cluster, model_dir: str) -> None:
+    """Under multi_worker_mirrored every worker but the chief saves checkpoints and summaries
+    into `<model_dir>/tmp_<task>_<index>/` (each save is a collective op every worker must run);
+    once the worker is done they are copies nobody reads."""
+    if config.distribute.strategy != "multi_worker_mirrored" or cluster.is_chief or cluster.worker_index is None:
+        return
+    scratch = fileio.join(model_dir, f"tmp_{cluster.task_type}_{cluster.task_index}")
+    if fileio.isdir(scratch):
+        fileio.rmtree(scratch)

@@ -138,6 +138,13 @@ def assertion_message(err: tf.errors.OpError) -> str:
         for i, group in enumerate(groups):
             if "must" in group:
                 return f"{group} {groups[i + 1]}" if group.endswith("got shape") else group
+    # Any other op error: its message, without TF's "Graph execution error:" preamble and the
+    # Python traceback of the node ("Detected at node ... defined at ...", then a blank line).
+    body = text.split("Detected at node", 1)[1].split("\n\n", 1)[-1] if "Detected at node" in text else text
+    for line in body.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Graph execution error", "[[")):
+            return line
     return text.splitlines()[0]
 
 
@@ -155,42 +162,181 @@ def _json_value(name: str, value: np.ndarray):
     return value.tolist()
 
 
+def _json_text(value) -> str:
+    """A JSON value as TF Serving quotes it in an error (pretty-printed, 4-space indent)."""
+    try:
+        return json.dumps(value, indent=4)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+_DATA_TYPE_NAMES = {"float32": "float", "float64": "double", "string": "string"}
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+
+
+def _dense_shape(value) -> List[int]:
+    """The shape a JSON value claims, from the first element of every list."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _check_tensor(value, dtype: tf.DType, shape: List[int], level: int = 0) -> Optional[str]:
+    """TF Serving's complaint about a JSON value as a tensor of `dtype` and `shape` (a dense
+    nested list of numbers of the right kind), or None."""
+    if not isinstance(value, list):
+        if level != len(shape):
+            return (f"JSON Value: {_json_text(value)} found at incorrect level: {level + 1} in the "
+                    f"JSON DOM. Expected at level: {len(shape)}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if dtype.is_bool:
+            fits = isinstance(value, bool)
+        elif dtype.is_integer:
+            fits = number and isinstance(value, int) and dtype.min <= value <= dtype.max
+        elif dtype.is_floating:
+            fits = number
+        else:
+            fits = isinstance(value, str) or _is_b64(value)
+        if not fits:
+            return (f"JSON Value: {_json_text(value)} Type: {_json_type(value)} is not of expected "
+                    f"type: {_DATA_TYPE_NAMES.get(dtype.name, dtype.name)}")
+        return None
+    if level >= len(shape):
+        return f"Encountered list at unexpected level: {level} expected < {len(shape)}"
+    if len(value) != shape[level]:
+        return (f"Encountered list at unexpected size: {len(value)} at level: {level} expected "
+                f"size: {shape[level]}")
+    for item in value:
+        error = _check_tensor(item, dtype, shape, level + 1)
+        if error:
+            return error
+    return None
+
+
+def _shape_text(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _request_columns(request: dict, specs: dict):
+    """`({input: value}, None)` from a predict request body, or `(None, error)` with the
+    message TF Serving's JSON parser gives (tensorflow_serving/util/json_tensor.cc)."""
+    body = request
+    if "instances" in body and "inputs" in body:
+        return None, (f"JSON Value: {_json_text(body)} Not formatted correctly expecting only one "
+                      f"of 'inputs' or 'instances' keys to exist")
+    if "instances" in body:
+        rows = body["instances"]
+        if not isinstance(rows, list):
+            return None, f"JSON Value: {_json_text(body)} Excepting 'instances' to be an list/array"
+        if not rows:
+            return None, f"JSON Value: {_json_text(body)} No values in 'instances' array"
+        objects = isinstance(rows[0], dict) and not _is_b64(rows[0])
+        if not isinstance(rows[0], dict) and len(specs) > 1:
+            return None, ("instances is a plain list, but expecting list of objects as multiple "
+                          "input tensors required as per tensorinfo_map")
+        columns = {k: [] for k in specs}
+        shapes = {}
+
+        def add(i, key, item, where):
+            shape = _dense_shape(item)
+            error = _check_tensor(item, specs[key].dtype, shape)
+            if error is None and key in shapes and shapes[key] != shape:
+                size, first = int(np.prod(shape)), int(np.prod(shapes[key]))
+                error = (f"Expecting tensor size: {first} but got: {size}" if size != first else
+                         f"Expecting shape {_shape_text(shapes[key])} but got: {_shape_text(shape)}")
+            if error is not None:
+                return (f"Failed to process element: {i}{where} of 'instances' list. Error: "
+                        f"INVALID_ARGUMENT: {error}")
+            shapes.setdefault(key, shape)
+            columns[key].append(item)
+            return None
+
+        for i, row in enumerate(rows):
+            is_object = isinstance(row, dict) and not _is_b64(row)
+            if objects and not is_object:
+                return None, f"Expecting object but got list at item {i} of input list"
+            if not objects and is_object:
+                return None, f"Expecting value/list but got object at item {i} of input list"
+            if not objects:
+                error = add(i, next(iter(specs)), row, "")
+                if error:
+                    return None, error
+                continue
+            for key, item in row.items():
+                if key not in specs:
+                    return None, (f"Failed to process element: {i} key: {key} of 'instances' list. "
+                                  f"Error: INVALID_ARGUMENT: JSON object: does not have named "
+                                  f"input: {key}")
+                error = add(i, key, item, f" key: {key}")
+                if error:
+                    return None, error
+            if set(row) != set(specs):
+                return None, (f"Failed to process element: {i} of 'instances' list. JSON object: "
+                              f"{_json_text(row)} keys must be equal to: {','.join(sorted(specs))}")
+        return columns, None
+    if "inputs" in body:
+        inputs = body["inputs"]
+        if not isinstance(inputs, dict) or _is_b64(inputs):
+            if len(specs) > 1:
+                return None, ("inputs is a plain value/list, but expecting an object as multiple "
+                              "input tensors required as per tensorinfo_map")
+            inputs = {next(iter(specs)): inputs}
+        for key in sorted(specs):
+            if key not in inputs:
+                return None, f"Missing named input: {key} in 'inputs' object."
+            error = _check_tensor(inputs[key], specs[key].dtype, _dense_shape(inputs[key]))
+            if error:
+                return None, error
+        return {k: inputs[k] for k in specs}, None
+    return None, "Missing 'inputs' or 'instances' key"
+
+
 def rest_predict(model, request) -> dict:
     """Answer a TF Serving REST predict request body (`{"instances": [...]}` row format or
     `{"inputs": {...}}` columnar, optional `signature_name`) with the body TF Serving would
     return (`predictions` / `outputs`; outputs named `..._bytes` as `{"b64": ...}`), by calling
     the loaded SavedModel's signature: to try a client, or a README example, without a server.
-    A malformed request gets TF Serving's answer to it, `{"error": "..."}`."""
+    A malformed request is answered, never raised: `{"error": "..."}` with TF Serving's
+    message for it (a missing or doubled `instances`/`inputs` key, an unknown signature, a
+    missing or unknown input, values of the wrong type or shape)."""
     if not isinstance(request, dict):
-        return {"error": "JSON Value: request body must be a JSON object"}
-    name = request.get("signature_name", "serving_default")
+        return {"error": f"JSON Value: {_json_text(request)} Is not object"}
+    name = request.get("signature_name", "")
+    if not isinstance(name, str):
+        return {"error": f"JSON Value: {_json_text(request)} not formatted correctly. "
+                         f"'signature_name' key must be a string value."}
+    name = name or "serving_default"
     if name not in model.signatures:
         return {"error": f'Serving signature name: "{name}" not found in signature def'}
-    if ("instances" in request) == ("inputs" in request):
-        return {"error": "Missing 'inputs' or 'instances' key" if "instances" not in request
-                else "Both 'inputs' and 'instances' keys are present"}
     signature = model.signatures[name]
     specs = signature.structured_input_signature[1]
+    if not specs:
+        return {"error": f"Failed to get input map for signature: {name}"}
+    columns, error = _request_columns(request, specs)
+    if error is not None:
+        return {"error": error}
     try:
-        if "instances" in request:
-            rows = request["instances"]
-            if not isinstance(rows, list):
-                return {"error": "Excepting 'instances' to be an list/array"}
-            if len(specs) == 1 and not (rows and isinstance(rows[0], dict)):
-                rows = [{next(iter(specs)): row} for row in rows]
-            columns = {k: [row[k] for row in rows] for k in specs}
-        else:
-            inputs = request["inputs"]
-            columns = inputs if isinstance(inputs, dict) else {next(iter(specs)): inputs}
-        missing = sorted(set(specs) - set(columns))
-        if missing:
-            return {"error": f"Failed to get input map for signature: {name}; missing input "
-                             f"{missing[0]!r}"}
-        outputs = signature(**{k: tf.constant(np.asarray(columns[k]), specs[k].dtype) for k in specs})
-    except (KeyError, TypeError, ValueError) as err:
-        return {"error": f"Failed to process element: {err}"}
+        outputs = signature(**{k: tf.constant(np.asarray(columns[k]), spec.dtype)
+                               for k, spec in specs.items()})
     except tf.errors.InvalidArgumentError as err:
-        return {"error": assertion_message(err)}
+        return {"error": assertion_message(err).strip()}
+    except (TypeError, ValueError, tf.errors.OpError) as err:  # e.g. a shape the signature refuses
+        return {"error": " ".join(str(err).split("\n")[0].split())}
     outputs = {k: _json_value(k, v.numpy()) for k, v in sorted(outputs.items())}
     if "instances" in request:
         predictions = [dict(zip(outputs, row)) for row in zip(*outputs.values())]
