@@ -134,15 +134,16 @@ def synthetic_image_overrides(workdir: str, size: int, channels: int, count: int
 # extras the baselines do not have (spectral norm, generator EMA, PacGAN packing, in-training
 # evaluation), so both sides do the same work per step.
 PLAIN = ["model.discriminator.spectral_norm=false", "model.generator.ema_decay=null",
-         "model.discriminator.packing=1", "eval.every_checkpoints=0"]
+         "model.discriminator.packing=1", "model.augment=null", "eval.every_checkpoints=0",
+         "train.max_minutes=null"]
 
 
 def dcgan_config(workdir: str, *overrides: str, plain: bool = True) -> config_lib.Config:
     """The shipped MNIST DCGAN job (configs/mnist_dcgan.yaml) on MNIST-sized data, plain (or
     as shipped, with `plain=False`)."""
     return config_lib.resolve(config_lib.load_config(
-        "mnist_dcgan", mnist_data_overrides(workdir) + (PLAIN if plain else ["eval.every_checkpoints=0"])
-        + list(overrides)))
+        "mnist_dcgan", mnist_data_overrides(workdir)
+        + (PLAIN if plain else ["eval.every_checkpoints=0", "train.max_minutes=null"]) + list(overrides)))
 
 
 def mlp_config(*overrides: str) -> config_lib.Config:
