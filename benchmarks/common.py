@@ -123,19 +123,23 @@ def mnist_data_overrides(workdir: str) -> List[str]:
 
 
 def synthetic_image_overrides(workdir: str, size: int, channels: int, count: int = 2048) -> List[str]:
+    """Random uint8 images with random labels 0..9 (so the conditional shipped config runs)."""
     path = os.path.join(workdir, f"synthetic_{size}x{size}x{channels}.npy")
-    if not os.path.exists(path):
+    labels = os.path.join(workdir, f"synthetic_{size}x{size}x{channels}_labels.npy")
+    if not (os.path.exists(path) and os.path.exists(labels)):
         rng = np.random.RandomState(0)
         np.save(path, rng.randint(0, 256, (count, size, size, channels), dtype=np.uint8))
-    return ["data.source=npy", f"data.path={path}", f"data.image_size={size}", f"data.channels={channels}"]
+        np.save(labels, rng.randint(0, 10, count).astype(np.int64))
+    return ["data.source=npy", f"data.path={path}", f"data.labels_path={labels}",
+            f"data.image_size={size}", f"data.channels={channels}"]
 
 
 # The baselines are plain DCGAN/MLP pairs: the product runs the same networks, without the
-# extras the baselines do not have (spectral norm, generator EMA, PacGAN packing, in-training
-# evaluation), so both sides do the same work per step.
+# extras the baselines do not have (spectral norm, generator EMA, PacGAN packing, conditioning,
+# DiffAugment, in-training evaluation), so both sides do the same work per step.
 PLAIN = ["model.discriminator.spectral_norm=false", "model.generator.ema_decay=null",
-         "model.discriminator.packing=1", "model.augment=null", "eval.every_checkpoints=0",
-         "train.max_minutes=null"]
+         "model.discriminator.packing=1", "model.augment=null", "model.conditional=false",
+         "eval.every_checkpoints=0", "train.max_minutes=null"]
 
 
 def dcgan_config(workdir: str, *overrides: str, plain: bool = True) -> config_lib.Config:

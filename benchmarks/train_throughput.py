@@ -4,7 +4,8 @@
 
 Variants, with the same networks (size checked), batch, loss, D:G ratio (1:1) and data, on the
 MNIST DCGAN job (configs/mnist_dcgan.yaml, 28x28x1, batch 64) and the 2D MLP job
-(configs/mixture_ring.yaml, batch 256), all networks plain (no spectral norm, EMA or packing):
+(configs/mixture_ring.yaml, batch 512), all networks plain (no spectral norm, EMA, packing,
+conditioning or augmentation):
 
 * `product`          - `GAN.train` as `run_train.py` runs it, with the product's defaults
                        (steps per run, one G forward per step, progress log, summaries and
@@ -14,8 +15,10 @@ MNIST DCGAN job (configs/mnist_dcgan.yaml, 28x28x1, batch 64) and the 2D MLP job
 * `tf_function_xla`  - the same loop with `tf.function(jit_compile=True)`.
 * `naive_k1`, `naive_k100` - alternating `discriminator_estimator.train(steps=k)` and
                        `generator_estimator.train(steps=k)`; one pair of calls = k steps.
-* DCGAN only: `product_default` - `configs/mnist_dcgan.yaml` as shipped (spectral norm and
-  generator EMA on), and `product_mixed_bfloat16` - `product` with `train.precision=mixed_bfloat16`.
+* DCGAN only: `product_default` - `configs/mnist_dcgan.yaml` as shipped (conditional, DiffAugment,
+  spectral norm and generator EMA on), `product_sn_ema` - `product` with spectral norm and the
+  generator EMA (the image defaults of the first release), and `product_mixed_bfloat16` -
+  `product` with `train.precision=mixed_bfloat16`.
 
 The variants' repeats are interleaved; the median is reported. A ratio is the product's
 throughput divided by the baseline's. For the DCGAN the step's FLOPs are counted from the
@@ -95,6 +98,10 @@ def bench_model(name, config, args, workdir, product_steps, naive_ks, extra_prod
               for v in per_step if v not in products}
     if "product_default" in per_step:
         ratios["default_vs_tf_function"] = round(per_step["tf_function"] / per_step["product_default"], 3)
+    for variant in ("product_sn_ema", "product_mixed_bfloat16"):
+        if variant in per_step:
+            ratios[variant[len("product_"):] + "_vs_tf_function"] = round(
+                per_step["tf_function"] / per_step[variant], 3)
     return {
         "sample_shape": config.model.sample_shape, "batch_size": config.data.batch_size,
         "data": config.data.source, "params": tf_loop.sizes, "product_window_steps": product_steps,
@@ -136,10 +143,12 @@ def main():
     smoke = common.smoke_overrides(args)
     dcgan = common.dcgan_config(workdir, *smoke)
     shipped = common.dcgan_config(workdir, *smoke, plain=False)
+    sn_ema = common.dcgan_config(workdir, *smoke, "model.discriminator.spectral_norm=true",
+                                 "model.generator.ema_decay=0.999")
     bf16 = common.dcgan_config(workdir, *smoke, "train.precision=mixed_bfloat16")
     models = {
         "dcgan": (dcgan, common.pick(args, 300, 30, 3), common.pick(args, (1, 100), (1,), (1,)),
-                  {"product_default": shipped, "product_mixed_bfloat16": bf16}),
+                  {"product_default": shipped, "product_sn_ema": sn_ema, "product_mixed_bfloat16": bf16}),
         "mlp": (common.mlp_config(), common.pick(args, 2000, 500, 3),
                 common.pick(args, (1, 100), (1, 100), (1,)), None),
     }

@@ -47,6 +47,7 @@ def main():
 
     config = eg.load_config("mnist_dcgan",
                             [f"data.path={args.data}", f"train.max_steps={args.steps}",
+                             "train.max_minutes=null", "model.conditional=false",
                              # Keras networks: no generator EMA (see eg.keras_network), and no
                              # in-training metrics (their eager Keras classifier cannot share a
                              # process with graph-mode Keras models): run `estimator-gan evaluate`.
