@@ -4,7 +4,7 @@
 
 Variants, with the same networks (size checked), batch, loss, D:G ratio (1:1) and data, on the
 MNIST DCGAN job (configs/mnist_dcgan.yaml, 28x28x1, batch 64) and the 2D MLP job
-(configs/mixture_ring.yaml, batch 512), all networks plain (no spectral norm, EMA, packing,
+(configs/mixture_ring.yaml at batch 256), all networks plain (no spectral norm, EMA, packing,
 conditioning or augmentation):
 
 * `product`          - `GAN.train` as `run_train.py` runs it, with the product's defaults
@@ -15,8 +15,8 @@ conditioning or augmentation):
 * `tf_function_xla`  - the same loop with `tf.function(jit_compile=True)`.
 * `naive_k1`, `naive_k100` - alternating `discriminator_estimator.train(steps=k)` and
                        `generator_estimator.train(steps=k)`; one pair of calls = k steps.
-* DCGAN only: `product_default` - `configs/mnist_dcgan.yaml` as shipped (conditional, DiffAugment,
-  spectral norm and generator EMA on), `product_sn_ema` - `product` with spectral norm and the
+* DCGAN only: `product_default` - `configs/mnist_dcgan.yaml` as shipped (conditional, spectral
+  norm and generator EMA on), `product_sn_ema` - `product` with spectral norm and the
   generator EMA (the image defaults of the first release), and `product_mixed_bfloat16` -
   `product` with `train.precision=mixed_bfloat16`.
 

@@ -166,24 +166,25 @@ def check_model_size(parts: gan.GANParts, memory: Optional[int] = None) -> Netwo
     return cost
 
 
-# `train.steps_per_run: null` aims at runs of about this many floating-point operations
-# (~0.1 s at 100 GFLOP/s): long enough to hide the per-run cost of session.run and hooks,
-# short enough for prompt logging and stops.
-AUTO_RUN_FLOPS = 1e10
+# `train.steps_per_run: null` runs small steps (below COMPUTE_BOUND_FLOPS) MAX_STEPS_PER_RUN at a
+# time, which hides the per-run cost of session.run and the hooks, and larger ones one at a time:
+# measured here, the 2D MLPs ran 13-18% faster at 100 steps per run than at 25, while the digits
+# DCGAN ran 8% slower at 2 than at 1 and the MNIST DCGAN gained nothing from 4.
+COMPUTE_BOUND_FLOPS = 1e9
 MAX_STEPS_PER_RUN = 100
 
 
 def steps_per_run(config, step_flops: Optional[int] = None) -> int:
-    """The steps per `session.run`: `train.steps_per_run`, or when it is null, as many steps
-    as make about `AUTO_RUN_FLOPS` (from `step_flops`, estimated when not given), at most
-    `MAX_STEPS_PER_RUN`; then lowered to the largest divisor of the logging, summary and
+    """The steps per `session.run`: `train.steps_per_run`, or when it is null,
+    `MAX_STEPS_PER_RUN` for steps of fewer than `COMPUTE_BOUND_FLOPS` (`step_flops`, estimated
+    when not given) and 1 for larger ones; then lowered to the largest divisor of the logging, summary and
     checkpoint intervals, so that each of them falls on a run boundary."""
     train = config.train
     k = train.steps_per_run
     if k is None:
         if step_flops is None:
             step_flops = network_cost(gan.GANParts.from_params({"config": config})).step_flops
-        k = int(min(MAX_STEPS_PER_RUN, max(1, math.ceil(AUTO_RUN_FLOPS / max(step_flops, 1)))))
+        k = MAX_STEPS_PER_RUN if step_flops < COMPUTE_BOUND_FLOPS else 1
     interval = math.gcd(math.gcd(train.log_every_steps, train.save_checkpoints_steps),
                         train.save_summary_steps)
     return max(d for d in range(1, min(k, interval) + 1) if interval % d == 0)
