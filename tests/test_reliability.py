@@ -178,7 +178,8 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
     points = int(os.environ.get("RELIABILITY_KILL_POINTS", "4"))
     model_dir = str(tmp_path / "run")
     rng = random.Random(7)
-    latest, partial_kills = 0, []
+    latest, partial_kills, stale_lock, takeovers = 0, [], False, 0
+    lock_path = os.path.join(model_dir, model_dir_lib.LOCK_FILENAME)
     for i in range(points):
         out = str(tmp_path / f"run{i}.out")
         leftovers = set(model_dir_lib.partial_files(model_dir))
@@ -202,7 +203,10 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             stop(proc)
         if i:
             assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
-            assert "taking over the stale lock" in read(out)
+            # a kill before the lock was taken leaves no holder to take over from
+            assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
+            takeovers += stale_lock
+        stale_lock = os.path.exists(lock_path) and bool(open(lock_path).read().strip())
         partial_kills += sorted(os.path.basename(p) for p in
                                 set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
@@ -210,6 +214,7 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             assert step >= latest
             latest = step
     print(f"kill -9 points: {points}; partial files they left: {partial_kills}; latest step {latest}")
+    assert takeovers >= 1, "no kill left a stale lock to take over"
 
     final = run_train("--model-dir", model_dir, "--max-steps", str(latest + 2), *TINY)
     assert final.returncode == 0, final.stderr[-2000:]
