@@ -137,9 +137,10 @@ def synthetic_image_overrides(workdir: str, size: int, channels: int, count: int
 # The baselines are plain DCGAN/MLP pairs: the product runs the same networks, without the
 # extras the baselines do not have (spectral norm, generator EMA, PacGAN packing, conditioning,
 # DiffAugment, in-training evaluation), so both sides do the same work per step.
+# Every benchmark run: no in-training evaluation, no time budget (the runs set their own steps).
+RUN_ONLY = ["eval.every_checkpoints=0", "train.max_minutes=null"]
 PLAIN = ["model.discriminator.spectral_norm=false", "model.generator.ema_decay=null",
-         "model.discriminator.packing=1", "model.augment=null", "model.conditional=false",
-         "eval.every_checkpoints=0", "train.max_minutes=null"]
+         "model.discriminator.packing=1", "model.augment=null", "model.conditional=false"] + RUN_ONLY
 
 
 def dcgan_config(workdir: str, *overrides: str, plain: bool = True) -> config_lib.Config:
@@ -147,7 +148,7 @@ def dcgan_config(workdir: str, *overrides: str, plain: bool = True) -> config_li
     as shipped, with `plain=False`)."""
     return config_lib.resolve(config_lib.load_config(
         "mnist_dcgan", mnist_data_overrides(workdir)
-        + (PLAIN if plain else ["eval.every_checkpoints=0", "train.max_minutes=null"]) + list(overrides)))
+        + (PLAIN if plain else RUN_ONLY) + list(overrides)))
 
 
 def mlp_config(*overrides: str) -> config_lib.Config:

@@ -96,10 +96,8 @@ def bench_model(name, config, args, workdir, product_steps, naive_ks, extra_prod
         ["variant", "ms/step", "steps/s", "examples/s", "product x", "steps/s range"], rows)
     ratios = {f"vs_{v}": round(per_step[v] / per_step["product"], 3)
               for v in per_step if v not in products}
-    if "product_default" in per_step:
-        ratios["default_vs_tf_function"] = round(per_step["tf_function"] / per_step["product_default"], 3)
-    for variant in ("product_sn_ema", "product_mixed_bfloat16"):
-        if variant in per_step:
+    for variant in products:
+        if variant != "product":  # product_default -> default_vs_tf_function, ...
             ratios[variant[len("product_"):] + "_vs_tf_function"] = round(
                 per_step["tf_function"] / per_step[variant], 3)
     return {

@@ -206,7 +206,7 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             # a kill before the lock was taken leaves no holder to take over from
             assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
             takeovers += stale_lock
-        stale_lock = os.path.exists(lock_path) and bool(open(lock_path).read().strip())
+        stale_lock = os.path.exists(lock_path) and bool(read(lock_path).strip())
         partial_kills += sorted(os.path.basename(p) for p in
                                 set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):

@@ -177,8 +177,8 @@ MAX_STEPS_PER_RUN = 100
 def steps_per_run(config, step_flops: Optional[int] = None) -> int:
     """The steps per `session.run`: `train.steps_per_run`, or when it is null,
     `MAX_STEPS_PER_RUN` for steps of fewer than `COMPUTE_BOUND_FLOPS` (`step_flops`, estimated
-    when not given) and 1 for larger ones; then lowered to the largest divisor of the logging, summary and
-    checkpoint intervals, so that each of them falls on a run boundary."""
+    when not given) and 1 for larger ones; then lowered to the largest divisor of the logging,
+    summary and checkpoint intervals, so that each of them falls on a run boundary."""
     train = config.train
     k = train.steps_per_run
     if k is None:
