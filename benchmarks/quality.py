@@ -17,7 +17,9 @@ sample, and by ours, 10% of a uniform share; the reverse KL of the per-mode high
 histogram against uniform). Images on 1,000 samples against the held-out part of `data.split`:
 Fréchet distance and classifier score next to the real-vs-real reference, and the rarest class's
 share of the samples. Training time is the train command's own `done: ... in Xs` (graph
-building, restores and the final checkpoint included). The last line is JSON.
+building, restores and the final checkpoint included); since a shared host's speed drifts, the
+load and a 2048^3 float32 matmul rate are printed from before and after the runs, so times from
+different runs can be compared. The last line is JSON.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ import re
 import subprocess
 import sys
 import time
+
+import common
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
@@ -102,14 +106,20 @@ def main():
     images = args.config.startswith("mnist")
     if images and not any(o.startswith("data.path=") for o in overrides):
         overrides.append(f"data.path={SHARED_MNIST}")
+    host = {"load_before": round(os.getloadavg()[0], 2),
+            "matmul_gflops_before": round(common.matmul_peak() / 1e9, 1)}
     runs = []
     for seed in args.seeds:
         runs.append(run_seed(args.config, seed, args.workdir, overrides, 1000 if images else 2500))
         print(f"seed {seed}: {json.dumps({k: v for k, v in runs[-1].items() if k != 'model_dir'})}",
               file=sys.stderr, flush=True)
+    host.update(load_after=round(os.getloadavg()[0], 2),
+                matmul_gflops_after=round(common.matmul_peak() / 1e9, 1))
     print(summarize(args.config, runs))
+    print(f"host: load {host['load_before']} before, {host['load_after']} after; float32 matmul "
+          f"{host['matmul_gflops_before']} GFLOP/s before, {host['matmul_gflops_after']} after")
     print(json.dumps({"benchmark": "quality", "config": args.config, "overrides": overrides,
-                      "runs": runs, "loadavg": [round(x, 2) for x in os.getloadavg()],
+                      "runs": runs, "host": host,
                       "seconds": round(time.time() - started, 1)}))
 
 
