@@ -96,6 +96,27 @@ class SplitConfig(_Strict):
         return self.model_copy(update={"part": "second" if self.part == "first" else "first"})
 
 
+class TfdsConfig(_Strict):
+    """A TensorFlow Datasets data set (`data.source: tfds`; needs `pip install estimator-gan[tfds]`).
+
+    The data set must already be prepared in `data_dir`: with `download: false` (the default) a
+    job never downloads by surprise, and a missing data set stops it with a one-line error that
+    says how to get it (`download: true` once, or `tfds build <name> --data_dir <dir>`).
+    """
+
+    name: Optional[str] = Field(
+        None, description="TFDS data set name, optionally with config and version "
+                          "(e.g. `cifar10`, `celeb_a`, `mnist:3.0.1`).")
+    split: str = Field("train", description="TFDS split, with TFDS slicing (e.g. `train`, `train[:90%]`, `train+test`).")
+    data_dir: Optional[str] = Field(
+        None, description="Where TFDS data sets are prepared (null: TFDS's default, "
+                          "`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).")
+    download: bool = Field(False, description="Download and prepare the data set if it is not in data_dir yet.")
+    image_key: str = Field("image", description="Feature holding the image (a TFDS Image feature).")
+    label_key: Optional[str] = Field(
+        "label", description="ClassLabel feature used as the label (null: unlabelled, e.g. for celeb_a).")
+
+
 class DataConfig(_Strict):
     """Where real examples come from and how they are batched.
 
@@ -121,6 +142,7 @@ class DataConfig(_Strict):
     label_key: Optional[str] = Field(
         "image/class/label", description="tfrecord: int64 label feature (null: unlabelled).")
     mixture: MixtureConfig = MixtureConfig()
+    tfds: TfdsConfig = TfdsConfig()
     split: Optional[SplitConfig] = Field(
         None, description="Use one part of a seeded split of the examples (not for tfrecord).")
 
@@ -141,6 +163,12 @@ class DataConfig(_Strict):
         if v is not None and v not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _tfds_needs_a_name(self):
+        if self.source == "tfds" and not self.tfds.name:
+            raise ValueError("data.source tfds needs data.tfds.name, the TFDS data set (e.g. cifar10)")
+        return self
 
 
 class GeneratorConfig(_Strict):
