@@ -685,7 +685,7 @@ class TensorFlowDatasets(Source):
         feature = features[key]
         if not isinstance(feature, kind):
             raise DataError(f"tfds: feature '{key}' of {cfg.tfds.name} is a "
-                            f"{type(feature).__name__}, not a {kind.__name__}; set {setting}")
+                            f"{type(feature).__name__}, expected {kind.__name__}; set {setting}")
         return feature
 
     def _image_feature(self, cfg, builder):
@@ -707,8 +707,9 @@ def _tfds():
         # Imported here, not at the top: an optional dependency that only this source needs.
         import tensorflow_datasets
     except ImportError as err:
-        raise DataError(f"data.source tfds needs TensorFlow Datasets: {TFDS_EXTRA} "
-                        f"(import failed: {_first_line(err)})") from None
+        why = ("it is not installed" if isinstance(err, ModuleNotFoundError)
+               and err.name == "tensorflow_datasets" else f"import failed: {_first_line(err)}")
+        raise DataError(f"data.source tfds needs TensorFlow Datasets ({why}): {TFDS_EXTRA}") from None
     return tensorflow_datasets
 
 
