@@ -111,7 +111,9 @@ class TfdsConfig(_Strict):
     data_dir: Optional[str] = Field(
         None, description="Where TFDS data sets are prepared (null: TFDS's default, "
                           "`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).")
-    download: bool = Field(False, description="Download and prepare the data set if it is not in data_dir yet.")
+    download: bool = Field(
+        False, description="Download and prepare the data set if it is not in data_dir yet (for a "
+                           "distributed job, prepare it first: every process would download).")
     image_key: str = Field("image", description="Feature holding the image (a TFDS Image feature).")
     label_key: Optional[str] = Field(
         "label", description="ClassLabel feature used as the label (null: unlabelled, e.g. for celeb_a).")
