@@ -45,7 +45,7 @@ def test_train_throughput_smoke():
 
 
 def test_input_pipeline_smoke():
-    record, _ = run_smoke("input_pipeline.py")
+    record, _ = run_smoke("input_pipeline.py", timeout=600)
     sources = record["sources"]
     assert {"digits", "mixture2d", "npy", "images", "tfrecord", "images (no cache)"} <= set(sources)
     assert all(s["pipeline_examples_per_s"] > 0 and s["training_examples_per_s"] > 0 for s in sources.values())
