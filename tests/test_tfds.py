@@ -199,6 +199,18 @@ def test_data_split_parts_are_disjoint_and_complete(data_dir, cache):
     assert parts[0] == ids(whole[picked])
 
 
+def test_tfds_input_fn_builds_the_same_pipeline_from_python(data_dir):
+    import estimator_gan as eg
+
+    x, y = next(iter(eg.tfds_input_fn(NAME, data_dir=data_dir, image_size=8, batch_size=4, seed=1)()))
+    assert x.shape == (4, 8, 8, 3) and y.dtype == tf.int32
+    assert [i % CLASSES for i in ids(x.numpy())] == y.numpy().tolist()
+    x = next(iter(eg.tfds_input_fn(NAME, data_dir=data_dir, label_key=None, image_size=8, batch_size=4)()))
+    assert x.shape == (4, 8, 8, 3)
+    with pytest.raises(eg.ConfigError, match="invalid tfds_input_fn option: batch_size"):
+        eg.tfds_input_fn(NAME, batch_size=0)
+
+
 # ------------------------------------------------------------------------------- errors
 
 
