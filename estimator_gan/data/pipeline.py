@@ -13,16 +13,16 @@ What a caller must know:
   unshuffled epoch that drops the last partial batch.
 * `data.batch_size` is the global batch. Given an `input_context`, each input pipeline reads
   its own shard and yields per-replica batches.
-* **In memory** are the digits, mixture2d, mnist and npy sources, and image folders and
-  TFRecords when `data.cache` is on and the decoded examples fit in a quarter of the RAM (they
-  are decoded once, when the input_fn is made). Their training order is a pure function of
+* **In memory** are the digits, mixture2d, mnist and npy sources, and image folders, TFRecords
+  and TFDS data sets when `data.cache` is on and the decoded examples fit in a quarter of the
+  RAM (they are decoded once, when the input_fn is made). Their training order is a pure function of
   the seed: epoch `e` visits the examples in a stateless permutation keyed on `(seed, e)`, and
   the stream is cut into batches across epoch boundaries. `start_example` starts that stream
   at an exact position, which is how a resumed run continues the order of an uninterrupted
   one. The examples reach the graph once, when the iterator is initialised (never as graph
   constants, which would be copied into every checkpoint's meta graph); batches are then
   gathered by TensorFlow ops, without Python.
-* **Streamed** (files too large to keep): decoded as they are read, shuffled through a
+* **Streamed** (data too large to keep): decoded as they are read, shuffled through a
   buffer of `data.shuffle_buffer` examples. A resumed stream is reshuffled with a seed keyed on
   `start_example`, so no batch is systematically replayed, but the order is not the
   uninterrupted one.

@@ -604,9 +604,9 @@ class TensorFlowDatasets(Source):
         labeled = t.label_key is not None
         if labeled:
             self._label_feature(cfg, builder)
-        if t.download:
-            print(f"tfds: downloading and preparing {t.name} in {builder.data_dir_root} "
-                  f"(once; skipped when it is there)", file=sys.stderr)
+        if t.download and not builder.is_prepared():
+            print(f"tfds: downloading and preparing {t.name} in {builder.data_dir_root} (once)",
+                  file=sys.stderr)
             try:
                 builder.download_and_prepare()
             except Exception as err:  # TFDS reports download trouble with many exception types
@@ -665,7 +665,7 @@ class TensorFlowDatasets(Source):
             return builder.as_dataset(split=t.split, shuffle_files=shuffle_seed is not None,
                                       decoders={t.image_key: tfds.decode.SkipDecoding()},
                                       read_config=read_config)
-        except AssertionError as err:
+        except AssertionError:
             if builder.is_prepared():
                 raise
             where = builder.data_dir_root
