@@ -319,6 +319,16 @@ class EvalConfig(_Strict):
     every_checkpoints: int = Field(0, ge=0, description="Evaluate every n-th checkpoint while training (0: off).")
     num_samples: int = Field(1000, ge=10, description="Generated samples, and real reference samples.")
     eval_batches: int = Field(20, ge=1, description="Batches of the Estimator EVAL pass (losses, D accuracy).")
+    features: Literal["auto", "classifier", "pixels", "inception"] = Field(
+        "auto", description="Feature space of FID/KID for images: classifier (trained on the data's "
+                            "labels), pixels (random projection), inception (the reference "
+                            "Inception graph, as papers); auto: classifier if labelled, else pixels.")
+    inception_graph: Optional[str] = Field(
+        None, description="classify_image_graph_def.pb of inception-2015-12-05 (default: "
+                          "~/.keras/models/inception-2015-12-05/...); downloaded there if missing.")
+    inception_url: Optional[str] = Field(
+        None, description="Where to download the Inception graph's .tgz from (default: "
+                          "TensorFlow's download site).")
     classifier_epochs: int = Field(3, ge=1, description="Training epochs of the offline feature classifier.")
     classifier_cache: Optional[str] = Field(
         None, description="Feature classifier .keras file (default: <model_dir>/eval/feature_classifier-<hash>.keras).")
@@ -388,6 +398,13 @@ class Config(_Strict):
         if self.data.batch_size % packing:
             raise ValueError(f"data.batch_size ({self.data.batch_size}) must be a multiple of "
                              f"model.discriminator.packing ({packing})")
+        return self
+
+    @model_validator(mode="after")
+    def _features_fit_data(self):
+        if self.data.source == "mixture2d" and self.eval.features != "auto":
+            raise ValueError(f"eval.features {self.eval.features!r} applies to images; 2D mixture "
+                             "samples are judged against their modes (leave eval.features auto)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
