@@ -30,7 +30,8 @@ from estimator_gan.errors import ConfigError, DataError, ExportError
 from estimator_gan.evaluation import inception
 from estimator_gan.evaluation.classifier import train_feature_classifier
 from estimator_gan.evaluation.metrics import (class_shares, classifier_score, fallback_features,
-                                              frechet_distance, kernel_distance, mixture_mode_metrics)
+                                              frechet_distance, kernel_distance, mixture_mode_metrics,
+                                              mode_histogram_metrics)
 from estimator_gan.serving import saved_model
 
 EVAL_DIR = "evaluation"
@@ -73,6 +74,13 @@ class SampleMetrics:
     * `inception` (any images): frechet_distance (FID), kid (KID) and inception_score on the
       reference Inception graph (`evaluation.inception`, `eval.inception_graph`).
     * `pixels` (any images): frechet_distance and kid on `fallback_features`.
+    * `stacked` (Stacked MNIST; `eval.features` stays `auto`): the digit classifier (trained
+      on the evaluation data's MNIST digits) labels each channel, which gives each sample its
+      mode, a digit triple: modes_covered (at least one sample), num_modes (1,000),
+      kl_to_uniform of the mode histogram (`mode_histogram_metrics`), and frechet_distance on
+      the three channels' classifier features side by side. The real statistics and the
+      reference are stacks of the evaluation data's digits, drawn with seeds `eval.seed` + 1
+      and + 2.
 
     For images the evaluation data is permuted with `eval.seed`; N examples form the reference
     and the rest the real statistics that both the samples and the reference are compared to.
@@ -107,6 +115,9 @@ class SampleMetrics:
             self._reference = self._mixture(real)
             self.info = {"kind": "mixture", "real_examples": int(len(real))}
             self._ready = True
+            return
+        if cfg.data.source == "stacked_mnist":
+            self._prepare_stacked(data_cfg, n)
             return
         real, labels = pipeline.load_examples(data_cfg, seed=cfg.eval.seed)
         if len(real) < n + 2:
@@ -147,6 +158,46 @@ class SampleMetrics:
         self.info.update(real_examples=int(len(real) - n), reference_examples=n)
         self._ready = True
 
+    def _prepare_stacked(self, data_cfg, n: int) -> None:
+        cfg = self.config
+        digit_cfg = data_cfg.model_copy(update={"source": "mnist", "channels": 1})
+        digits, labels = pipeline.load_examples(digit_cfg, seed=cfg.eval.seed)
+        if labels is None:
+            raise DataError("stacked_mnist: the mode metric needs the MNIST labels files beside "
+                            "the images")
+        path = _classifier_cache_path(cfg, self.model_dir)
+        self._log(f"digit classifier: {'loading' if fileio.exists(path) else 'training'} {path} "
+                  f"({len(digits)} labelled digits)")
+        self._classifier = train_feature_classifier(digits, labels, 10, cache_path=path,
+                                                    seed=cfg.eval.seed,
+                                                    epochs=cfg.eval.classifier_epochs)
+        self.info = {"kind": "stacked", "classifier": path}
+        if cfg.data.split is not None:
+            held_x, held_y = pipeline.load_examples(
+                cfg.data.model_copy(update={"source": "mnist", "channels": 1}), limit=5000,
+                seed=cfg.eval.seed)
+            self.info["classifier_accuracy_on_gan_part"] = self._classifier.accuracy(held_x, held_y)
+        real, _ = sources.stack_digits(digits, labels, n, cfg.eval.seed + 1)
+        self._real_feats = self._stacked_channels(real)[1]
+        self._reference = self._stacked(sources.stack_digits(digits, labels, n, cfg.eval.seed + 2)[0])
+        self.info.update(real_examples=n, reference_examples=n, digits=int(len(digits)))
+        self._ready = True
+
+    def _stacked_channels(self, images):
+        """Each channel's digit ([N, 3] ints) and the channels' features side by side."""
+        n, h, w, c = images.shape
+        if c != 3:
+            raise ValueError(f"stacked MNIST samples need 3 channels, got shape {images.shape}")
+        channels = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(n * 3, h, w, 1)
+        feats, probs = self._classifier.features_and_probabilities(channels)
+        return np.argmax(probs, axis=1).reshape(n, 3), feats.reshape(n, -1)
+
+    def _stacked(self, images) -> Dict[str, float]:
+        digits, feats = self._stacked_channels(images)
+        out = mode_histogram_metrics(digits @ np.array([100, 10, 1]), 1000)
+        out["frechet_distance"] = frechet_distance(self._real_feats, feats)
+        return out
+
     def _features(self, images) -> np.ndarray:
         if self._network is not None:
             return self._network.features(images)
@@ -185,6 +236,8 @@ class SampleMetrics:
             samples = samples[..., None]
         if len(samples) != self.config.eval.num_samples:
             raise ValueError(f"expected {self.config.eval.num_samples} samples, got {len(samples)}")
+        if self.info["kind"] == "stacked":
+            return self._stacked(samples), dict(self._reference)
         return self._images(samples), dict(self._reference)
 
 
