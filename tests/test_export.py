@@ -111,6 +111,16 @@ def test_every_export_carries_warmup_requests_that_replay_against_it(trained):
     assert np.all((probabilities >= 0) & (probabilities <= 1))
 
 
+def test_warmup_examples_fit_export_max_count_and_unknown_inputs_are_named():
+    small = signatures.example_inputs(tiny_config("export.max_count=1", "model.conditional=true",
+                                                  "model.num_classes=3"),
+                                      ["noise", "seed", "count", "labels", "samples"])
+    assert small["count"] == 1 and small["noise"].shape == (1, 8) and small["labels"].shape == (1,)
+    assert small["samples"].shape == (1, 8, 8, 1) and small["seed"].dtype == np.int64
+    with pytest.raises(ExportError, match="signature input 'image' has no example value"):
+        signatures.example_inputs(tiny_config(), ["noise", "image"])
+
+
 def test_generator_export_holds_only_generator_variables(trained):
     _, result, _ = trained
     g_names = [n for n, _ in tf.train.list_variables(os.path.join(result.generator, "variables", "variables"))]

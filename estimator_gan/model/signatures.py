@@ -187,9 +187,10 @@ def discriminator_signatures(predictions: Dict[str, tf.Tensor]):
 
 def example_inputs(config, names) -> Dict[str, np.ndarray]:
     """A small valid value for each signature input in `names`: a batch of `EXAMPLE_BATCH`
-    (noise rows of `sampling.noise(.., seed 0)`, zero samples, classes in turn; seed 0, count
-    `EXAMPLE_BATCH`, truncation 1). `ExportError` for an input this file does not know."""
-    model, n = config.model, EXAMPLE_BATCH
+    (at most `export.max_count`): noise rows of `sampling.noise(.., seed 0)`, zero samples,
+    classes in turn; seed 0, count = the batch, truncation 1. `ExportError` for an input this
+    file does not know."""
+    model, n = config.model, min(EXAMPLE_BATCH, config.export.max_count)
     examples = {
         "noise": lambda: sampling.noise(n, model.z_dim, 0),
         "seed": lambda: np.array(0, np.int64),
