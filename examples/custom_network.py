@@ -46,7 +46,8 @@ def main():
     args = parser.parse_args()
 
     config = eg.load_config("mnist_dcgan",
-                            [f"train.max_steps={args.steps}",
+                            ([f"data.path={args.data}"] if args.data else [])
+                            + [f"train.max_steps={args.steps}",
                              "train.max_minutes=null", "model.conditional=false",
                              # Keras networks: no generator EMA (see eg.keras_network), and no
                              # in-training metrics (their eager Keras classifier cannot share a
