@@ -15,7 +15,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from estimator_gan import fileio, plotting
+from estimator_gan import checkpoints, fileio, plotting
 from estimator_gan import config as config_lib
 from estimator_gan.errors import ConfigError, Error, ExportError
 from estimator_gan.evaluation import evaluate, report
@@ -116,6 +116,8 @@ def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
     """The GAN of a model dir: its saved config with `overrides`, which may not change the
     architecture."""
     if not fileio.isdir(model_dir):
+        if fileio.exists(model_dir):
+            raise ConfigError(f"{model_dir} is a file, not a model dir (the --model-dir of a training)")
         raise ConfigError(f"model dir not found: {model_dir}")
     saved = config_lib.load_model_dir_config(model_dir)
     config = config_lib.config_from_dict(saved.to_dict(), overrides)
@@ -125,9 +127,16 @@ def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
     return GAN(config, model_dir=model_dir)
 
 
+def _checkpoint(gan: GAN, name=None) -> str:
+    """The checkpoint a command reads: the one named (a prefix, or a name in the model dir),
+    else the one `train` would resume from, with a note when the state file says otherwise."""
+    return checkpoints.named(gan.model_dir, name) if name else gan.checkpoint(stream=sys.stderr)
+
+
 def export(args) -> int:
     gan = _model_dir_gan(args.model_dir, args.overrides, "export")
-    _export_and_report(gan, args.export_dir, args.checkpoint, args.generator_only, args.tflite or None)
+    _export_and_report(gan, args.export_dir, _checkpoint(gan, args.checkpoint), args.generator_only,
+                       args.tflite or None)
     return 0
 
 
@@ -164,7 +173,8 @@ def generate(args) -> int:
         source = args.export
         if args.model_dir:
             gan = _model_dir_gan(args.model_dir, [], "generate")
-            source = gan.export(scratch, tflite=False, generator_only=True).generator
+            source = gan.export(scratch, checkpoint_path=_checkpoint(gan), tflite=False,
+                                generator_only=True).generator
         generator = saved_model.load_generator(source)
         if args.noise:
             outputs = generator.from_noise(_read_noise(args.noise), labels)
@@ -191,20 +201,19 @@ def generate(args) -> int:
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _checkpoints_to_evaluate(args) -> list:
-    if args.checkpoint:
-        paths = [args.checkpoint]
-    elif args.all_checkpoints:
-        state = tf.train.get_checkpoint_state(args.model_dir)
-        paths = list(state.all_model_checkpoint_paths) if state else []
-    else:
-        paths = [p for p in [tf.train.latest_checkpoint(args.model_dir)] if p]
-    if not paths:
-        raise ConfigError(f"no checkpoint in {args.model_dir}: train first")
-    for path in paths:
-        if not fileio.exists(path + ".index"):
-            raise ConfigError(f"checkpoint not found: {path}")
-    return paths
+def _checkpoints_to_evaluate(args, gan: GAN) -> list:
+    if args.all_checkpoints:
+        paths = []
+        for _, path in reversed(checkpoints.on_disk(args.model_dir)):
+            problem = checkpoints.unreadable(path)
+            if problem is None:
+                paths.append(path)
+            else:
+                print(f"note: skipping {fileio.basename(path)}, unreadable ({problem})", file=sys.stderr)
+        if not paths:
+            raise ConfigError(f"no readable checkpoint in {args.model_dir}: train first")
+        return paths
+    return [_checkpoint(gan, args.checkpoint)]
 
 
 def evaluate_command(args) -> int:
@@ -217,7 +226,7 @@ def evaluate_command(args) -> int:
         record = evaluate.evaluate_export(args.export, metrics)
         print(f"evaluated export {record['export']}")
     else:
-        paths = _checkpoints_to_evaluate(args)
+        paths = _checkpoints_to_evaluate(args, gan)
         steps = gan.config.eval.eval_batches
         for path in paths:
             estimator_eval = (lambda p: gan.evaluate(steps=steps, checkpoint_path=p)) if path == paths[-1] else None

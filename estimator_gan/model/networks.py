@@ -311,13 +311,19 @@ ARCHITECTURES: Dict[str, Tuple[NetworkFn, NetworkFn]] = {
 }
 
 
-def networks_for(config) -> Tuple[NetworkFn, NetworkFn]:
-    """The (generator, discriminator) pair a config names: the architecture's, each replaced by
-    the function at `model.generator_fn` / `model.discriminator_fn` when set."""
+def networks_for(config, generator_fn: Optional[NetworkFn] = None,
+                 discriminator_fn: Optional[NetworkFn] = None) -> Tuple[NetworkFn, NetworkFn]:
+    """The (generator, discriminator) pair: `generator_fn` / `discriminator_fn` when given,
+    else the function at `model.generator_fn` / `model.discriminator_fn` when set, else the
+    architecture's."""
     gen, disc = ARCHITECTURES[config.model.architecture]
-    if config.model.generator_fn:
+    if generator_fn is not None:
+        gen = generator_fn
+    elif config.model.generator_fn:
         gen = custom.network_function(config.model.generator_fn, "generator", "model.generator_fn")
-    if config.model.discriminator_fn:
+    if discriminator_fn is not None:
+        disc = discriminator_fn
+    elif config.model.discriminator_fn:
         disc = custom.network_function(config.model.discriminator_fn, "discriminator",
                                        "model.discriminator_fn")
     return gen, disc
