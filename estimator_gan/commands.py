@@ -62,7 +62,8 @@ def train(args) -> int:
           f"{'resuming at step ' + str(start_step) if start_step else 'from scratch'}, "
           f"to step {max_steps}, model dir {args.model_dir}", flush=True)
     started = time.time()
-    with GracefulStop(config.train.stop_grace_secs) as stop:
+    cluster = cluster_lib.read_tf_config()
+    with GracefulStop(config.train.stop_grace_secs, active=not (cluster and cluster.task_type == "ps")) as stop:
         step = gan.train(hooks=[stop.hook()])
     elapsed = time.time() - started
     result = gan.last_train
@@ -260,10 +261,20 @@ def local_cluster(args) -> int:
                               config.distribute)
     log_dir = args.log_dir or os.path.join(train_args.model_dir, "cluster-logs")
     command = [sys.executable, "-m", "estimator_gan", "train"] + list(args.train_args)
-    status, _ = launcher.run_local_cluster(command, workers=args.workers, ps=args.ps,
-                                           evaluator=args.evaluator, log_dir=log_dir,
-                                           timeout=args.timeout)
-    print(f"[cluster] {'done' if status == 0 else 'failed'}; logs in {log_dir}", flush=True)
+    max_steps = train_args.max_steps if train_args.max_steps is not None else config.train.max_steps
+
+    def job_done():
+        return checkpoints.latest_step(train_args.model_dir) >= max_steps
+
+    status, _ = launcher.run_local_cluster(
+        command, workers=args.workers, ps=args.ps, evaluator=args.evaluator, log_dir=log_dir,
+        timeout=args.timeout, stop_grace=config.train.stop_grace_secs + 30, job_done=job_done)
+    if status in (0, 130) and not job_done():
+        print(f"[cluster] stopped at step {checkpoints.latest_step(train_args.model_dir)} of "
+              f"{max_steps}; checkpoint in {train_args.model_dir}; rerun the same command to resume; "
+              f"logs in {log_dir}", flush=True)
+    else:
+        print(f"[cluster] {'done' if status == 0 else 'failed'}; logs in {log_dir}", flush=True)
     return status
 
 

@@ -342,6 +342,7 @@ def _assert_stopped_with_a_checkpoint(model_dir, out, pids):
     step = int(stopped.group(1))
     assert step > 0 and os.path.exists(os.path.join(model_dir, f"model.ckpt-{step}.index"))
     assert int(tf.train.load_checkpoint(model_dir).get_tensor("global_step")) == step
+    assert f"[cluster] stopped at step {step} of 1000000; checkpoint in {model_dir}; rerun" in out, out[-3000:]
     assert [task for task, pid in pids.items() if _alive(pid)] == [], out[-3000:]
 
 
