@@ -119,52 +119,50 @@ def run_local_cluster(command: Sequence[str], workers: int = 1, ps: int = 1,
     base_env = dict(os.environ if env is None else env)
     procs: List[ClusterProcess] = []
     status = 1
-    with _Signals() as received:
-        try:
-            for task_type, index, tf_config in local_tf_configs(workers, ps, evaluator):
-                log_path = os.path.join(log_dir, f"{task_type}-{index}.log")
-                proc_env = dict(base_env, TF_CONFIG=json.dumps(tf_config))
-                process = subprocess.Popen(list(command), env=proc_env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                           start_new_session=True)
-                proc = ClusterProcess(task_type, index, process, log_path)
-                proc._tee = threading.Thread(
-                    target=_tee, daemon=True,
-                    args=(process.stdout, open(log_path, "w", encoding="utf-8"),
-                          stream if task_type == "chief" else None))
-                proc._tee.start()
-                procs.append(proc)
-                address = tf_config["cluster"].get(task_type, ["-"])[index] if task_type != "evaluator" else "-"
-                print(f"[cluster] started {proc.name} pid {process.pid} {address} log {log_path}",
-                      file=stream, flush=True)
-            status = _Wait(procs, stream, received, job_done, stop_grace).run(time.time() + timeout)
-            return status, procs
-        finally:
-            for proc in procs:
-                was_running = proc.process.poll() is None
-                _stop(proc)
-                if was_running:
-                    why = "stopped (ps never exits by itself)" if proc.task_type == "ps" else "stopped"
-                    print(f"[cluster] {proc.name} {why}", file=stream, flush=True)
-                if proc._tee is not None:
-                    proc._tee.join(5)
+    signals = _Signals()
+    try:
+        for task_type, index, tf_config in local_tf_configs(workers, ps, evaluator):
+            log_path = os.path.join(log_dir, f"{task_type}-{index}.log")
+            proc_env = dict(base_env, TF_CONFIG=json.dumps(tf_config))
+            process = subprocess.Popen(list(command), env=proc_env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                       start_new_session=True)
+            proc = ClusterProcess(task_type, index, process, log_path)
+            proc._tee = threading.Thread(
+                target=_tee, daemon=True,
+                args=(process.stdout, open(log_path, "w", encoding="utf-8"),
+                      stream if task_type == "chief" else None))
+            proc._tee.start()
+            procs.append(proc)
+            address = tf_config["cluster"].get(task_type, ["-"])[index] if task_type != "evaluator" else "-"
+            print(f"[cluster] started {proc.name} pid {process.pid} {address} log {log_path}",
+                  file=stream, flush=True)
+        status = _Wait(procs, stream, signals.received, job_done, stop_grace).run(time.time() + timeout)
+        return status, procs
+    finally:
+        for proc in procs:
+            was_running = proc.process.poll() is None
+            _stop(proc)
+            if was_running:
+                why = "stopped (ps never exits by itself)" if proc.task_type == "ps" else "stopped"
+                print(f"[cluster] {proc.name} {why}", file=stream, flush=True)
+            if proc._tee is not None:
+                proc._tee.join(5)
+        signals.restore()
 
 
 class _Signals:
-    """`with _Signals() as received:` records SIGTERM and SIGINT (in the main thread) instead of
-    dying of them, so the job can be stopped in order."""
+    """Records SIGTERM and SIGINT (when made in the main thread) in `received` instead of dying
+    of them, so that the job can be stopped in order; `restore` puts the previous handlers back."""
 
     def __init__(self):
         self.received: List[int] = []
         self._previous = {}
-
-    def __enter__(self) -> List[int]:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, lambda signum, frame: self.received.append(signum))
-        return self.received
 
-    def __exit__(self, *exc):
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

@@ -8,7 +8,9 @@ What a caller must know:
   `checkpoint` state file. A run resumes from the newest checkpoint on disk that reads in
   full, whether or not the state file lists it (it is rewritten to list what is there), so
   neither a lost state file nor an unreadable newest checkpoint makes a run start over: an
-  unreadable one is renamed `*.corrupt`, and the run says which one it resumes from.
+  unreadable one is renamed `*.corrupt`, and the run says which one it resumes from. Which one
+  that is, is `checkpoints.newest_readable`, the lookup every command that reads checkpoints
+  uses (they only read: the renaming and the state file are training's, under the lock).
 * `RunLock` is an exclusive `flock` on `<model_dir>/train.lock` on local filesystems (the
   kernel drops it when its process dies, however it dies, so a stale lock is taken over).
   Object stores and `ram://` have no file locks: there the lock file only records who trains,
