@@ -381,3 +381,24 @@ def test_a_chief_stopped_by_sigterm_ends_the_job(tmp_path):
     assert "[cluster] chief:0 exited with status 0" in out
     assert "[cluster] chief:0 stopped before the last step: stopping worker:0" in out, out[-3000:]
     _assert_stopped_with_a_checkpoint(model_dir, out, pids)
+
+
+def test_a_parameter_server_ends_on_sigterm(tmp_path):
+    """A ps blocks in TensorFlow's server loop, where no Python signal handler runs, and has
+    nothing to save: it keeps the default handlers, so SIGTERM ends it (it used to be ignored)."""
+    chief, ps = launcher.free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{chief}"], "ps": [f"127.0.0.1:{ps}"]}
+    env = dict(_env(), TF_CPP_MIN_LOG_LEVEL="0", **_tf_config(cluster, "ps"))
+    out_path = str(tmp_path / "ps.out")
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "estimator_gan.cli", "train", "--model-dir",
+                                 str(tmp_path / "run"), *STOPPABLE_JOB[:4]], cwd=REPO_ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: "Started server with target" in _text(out_path), 300, "the ps server")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == -signal.SIGTERM, _text(out_path)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
