@@ -48,12 +48,9 @@ class Newest(NamedTuple):
 
     model_dir: str
     path: Optional[str]  # None: no checkpoint
+    step: int  # its global step (0 without one)
     unreadable: List[Tuple[str, str]]  # newer checkpoints that do not read in full, and why
     listed: Optional[str]  # the state file's latest checkpoint (None: no state file)
-
-    @property
-    def step(self) -> int:
-        return step_of(self.path) if self.path else 0
 
     def note(self, reading: str = "using") -> Optional[str]:
         """What differs from what the state file says, as a note (`reading`: "using", "resuming
@@ -88,15 +85,15 @@ def newest_readable(model_dir: str) -> Newest:
         candidates.append(listed)  # a prefix not named model.ckpt-<step>
     bad = []
     for path in candidates:
-        problem = unreadable(path)
+        problem, step = _read_in_full(path)
         if problem is None:
-            return Newest(model_dir, path, bad, listed)
+            return Newest(model_dir, path, step, bad, listed)
         bad.append((path, problem))
     if bad:
         raise CorruptCheckpoint(
             f"no checkpoint in {model_dir} can be read ({fileio.basename(bad[0][0])}: "
             f"{bad[0][1]}); use a new --model-dir")
-    return Newest(model_dir, None, [], listed)
+    return Newest(model_dir, None, 0, [], listed)
 
 
 def latest_step(model_dir: str) -> int:
@@ -133,16 +130,24 @@ def differences(checkpoint_path: str, variables: Dict[str, List[int]]) -> List[s
     return problems
 
 
-def unreadable(path: str) -> Optional[str]:
-    """Why the checkpoint at `path` cannot be read in full (every tensor, checksums), or None."""
+def _read_in_full(path: str) -> Tuple[Optional[str], int]:
+    """(why the checkpoint at `path` cannot be read in full, or None; its global step)."""
+    step = 0
     try:
         values = reader(path)
         for name in values.get_variable_to_shape_map():
-            values.get_tensor(name)
+            value = values.get_tensor(name)
+            if name == "global_step":
+                step = int(value)
     except Exception as err:  # TF reports damage as OpError, IndexError, ValueError...
         lines = [ln for ln in str(err).splitlines() if ln.strip() and "Graph execution" not in ln]
-        return " ".join(lines[0].split()).rstrip(".") if lines else type(err).__name__
-    return None
+        return (" ".join(lines[0].split()).rstrip(".") if lines else type(err).__name__), 0
+    return None, step
+
+
+def unreadable(path: str) -> Optional[str]:
+    """Why the checkpoint at `path` cannot be read in full (every tensor, checksums), or None."""
+    return _read_in_full(path)[0]
 
 
 def last_good(model_dir: str) -> str:

@@ -113,9 +113,8 @@ def _export_and_report(gan: GAN, export_dir: str, checkpoint=None, generator_onl
     return result
 
 
-def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
-    """The GAN of a model dir: its saved config with `overrides`, which may not change the
-    architecture."""
+def _model_dir_config(model_dir: str, overrides, command: str) -> config_lib.Config:
+    """A model dir's saved config with `overrides`, which may not change the architecture."""
     if not fileio.isdir(model_dir):
         if fileio.exists(model_dir):
             raise ConfigError(f"{model_dir} is a file, not a model dir (the --model-dir of a training)")
@@ -125,7 +124,12 @@ def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
     diffs = config_lib.architecture_differences(saved, config)
     if diffs:
         raise ConfigError(f"{command} cannot change the architecture ({'; '.join(diffs)})")
-    return GAN(config, model_dir=model_dir)
+    return config
+
+
+def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
+    """The GAN of a model dir (see `_model_dir_config`)."""
+    return GAN(_model_dir_config(model_dir, overrides, command), model_dir=model_dir)
 
 
 def _checkpoint(gan: GAN, name=None) -> str:
@@ -221,9 +225,10 @@ def evaluate_command(args) -> int:
     overrides = list(args.overrides)
     if args.num_samples is not None:
         overrides.append(f"eval.num_samples={args.num_samples}")
-    gan = _model_dir_gan(args.model_dir, overrides, "evaluate")
-    metrics = evaluate.SampleMetrics(gan.config, args.model_dir, stream=sys.stdout)
-    if args.export:
+    config = _model_dir_config(args.model_dir, overrides, "evaluate")
+    gan = None if args.export else GAN(config, model_dir=args.model_dir)  # an export has its graph
+    metrics = evaluate.SampleMetrics(config, args.model_dir, stream=sys.stdout)
+    if gan is None:
         record = evaluate.evaluate_export(args.export, metrics)
         print(f"evaluated export {record['export']}")
     else:
@@ -241,7 +246,7 @@ def evaluate_command(args) -> int:
     output = evaluate.write_result(args.output or fileio.join(args.model_dir, evaluate.RESULT_FILE), record)
     print(f"wrote {output}")
     if args.plot:
-        for path in report.write_plots(args.model_dir, gan.config, record):
+        for path in report.write_plots(args.model_dir, config, record):
             print(f"wrote {path}")
     return 0
 

@@ -239,6 +239,7 @@ config = eg.load_config("digits_dcgan", ["data.image_size=8", "data.batch_size=8
                                          "train.save_checkpoints_steps=2", "train.log_every_steps=2"])
 gan = eg.GAN(config, model_dir=sys.argv[1], generator_fn=my_generator, discriminator_fn=my_discriminator)
 gan.train(max_steps=2, progress=False)
+{after}
 """
 IN_SCRIPT = """
 v1 = tf.compat.v1
@@ -251,10 +252,10 @@ my_discriminator = lambda samples, labels, mode, params: v1.layers.dense(v1.laye
 """
 
 
-def _script_run(tmp_path, imports):
+def _script_run(tmp_path, imports, after=""):
     """Train 2 steps through `eg.GAN` in a script of its own (networks in `__main__` or imported)."""
     script, model_dir = tmp_path / "train_gan.py", str(tmp_path / "run")
-    script.write_text(SCRIPT.format(imports=imports))
+    script.write_text(SCRIPT.format(imports=imports, after=after))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests")]))
     result = subprocess.run([sys.executable, str(script), model_dir], cwd=str(tmp_path), env=env,
                             capture_output=True, text=True, timeout=300)
@@ -266,7 +267,8 @@ def test_a_run_with_in_script_networks_is_refused_by_the_cli_in_one_line(tmp_pat
     """Networks defined in the training script cannot be rebuilt by the command line: the saved
     config says so, and every command that would rebuild them refuses in one line naming what
     works (GAN.export from that script) instead of failing on the built-in networks' names."""
-    model_dir, saved = _script_run(tmp_path, IN_SCRIPT)
+    exports = str(tmp_path / "script_exports")
+    model_dir, saved = _script_run(tmp_path, IN_SCRIPT, after=f"gan.export({exports!r})")
     assert saved["generator_fn"] == "in-script:my_generator"
     assert saved["discriminator_fn"] == "in-script:<lambda>"
     for command in (["export", "--model-dir", model_dir, "--export-dir", str(tmp_path / "exports")],
@@ -278,6 +280,11 @@ def test_a_run_with_in_script_networks_is_refused_by_the_cli_in_one_line(tmp_pat
         assert err.startswith("error: model.generator_fn: ") and err.count("\n") == 1, err
         assert "my_generator" in err and "defined in the training script" in err and "GAN.export" in err, err
     assert not os.path.exists(tmp_path / "exports") and not os.path.exists(tmp_path / "x.npy")
+    # What the script exported is served and evaluated without rebuilding the networks.
+    assert cli.main(["generate", "--export", exports, "--count", "3", "--out", str(tmp_path / "x.npy")]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (3, 8, 8, 1)
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--export", exports, "--num-samples", "64",
+                     "--set", "eval.classifier_epochs=1", "--set", "eval.kid_subset_size=32"]) == 0
 
 
 def test_a_run_with_imported_networks_is_exported_by_the_cli(tmp_path, capsys):

@@ -202,12 +202,16 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             proc.wait(30)
         finally:
             stop(proc)
+        holder = read(lock_path).strip() if os.path.exists(lock_path) else ""
+        took_lock = bool(holder) and json.loads(holder)["pid"] == proc.pid
         if i:
             assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
-            # a kill before the lock was taken leaves no holder to take over from
-            assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
-            takeovers += stale_lock
-        stale_lock = os.path.exists(lock_path) and bool(read(lock_path).strip())
+            # a kill before the lock was taken leaves no holder to take over from, and a run
+            # killed before it reached the lock took nothing over
+            if took_lock:
+                assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
+                takeovers += stale_lock
+        stale_lock = bool(holder)
         partial_kills += sorted(os.path.basename(p) for p in
                                 set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
@@ -547,14 +551,15 @@ def run_cli(capsys, *args):
 
 
 def snapshot(model_dir):
-    """{relative path: (size, mtime_ns, content hash)} of every file under `model_dir`."""
+    """{relative path: (size, mtime_ns, content hash)} of every file under `model_dir` (the lock
+    file's content only: a run takes the lock before it reads the checkpoint)."""
     files = {}
     for root, _, names in os.walk(model_dir):
         for name in names:
             path = os.path.join(root, name)
             with open(path, "rb") as f:
-                files[os.path.relpath(path, model_dir)] = (os.path.getsize(path), os.stat(path).st_mtime_ns,
-                                                           hash(f.read()))
+                mtime = os.stat(path).st_mtime_ns if name != model_dir_lib.LOCK_FILENAME else None
+                files[os.path.relpath(path, model_dir)] = (os.path.getsize(path), mtime, hash(f.read()))
     return files
 
 
@@ -634,9 +639,8 @@ def test_every_command_reads_the_newest_readable_checkpoint(ring_dir, tmp_path, 
     assert {k: v for k, v in after.items() if not k.startswith(("evaluation", "eval" + os.sep))} == before
 
 
-def test_named_checkpoints_and_model_dirs_the_commands_are_given(ring_dir, tmp_path, capsys):
-    """`--checkpoint model.ckpt-2` is a checkpoint of `--model-dir`; a model dir that is a file,
-    and a damaged checkpoint, are one-line errors naming the path."""
+def test_a_checkpoint_name_is_one_of_the_model_dir(ring_dir, tmp_path, capsys):
+    """`--checkpoint model.ckpt-2` is a checkpoint of `--model-dir`; a wrong one lists them."""
     model_dir = ring_copy(ring_dir, tmp_path)
     exports = tmp_path / "exports"
     code, out, err = run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", exports,
@@ -651,14 +655,21 @@ def test_named_checkpoints_and_model_dirs_the_commands_are_given(ring_dir, tmp_p
                                    "--checkpoint", "model.ckpt-3")[::2],
                           "checkpoint not found: model.ckpt-3", "model.ckpt-0, model.ckpt-2, model.ckpt-4")
 
-    config = os.path.join(model_dir, "config.yaml")
-    for command in (["export", "--export-dir", exports], ["evaluate"], ["generate", "--out", tmp_path / "x.npy"]):
+
+def test_a_model_dir_that_is_a_file_is_named_as_such(ring_dir, tmp_path, capsys):
+    config = os.path.join(ring_dir, "config.yaml")
+    for command in (["export", "--export-dir", tmp_path / "exports"], ["evaluate"],
+                    ["generate", "--out", tmp_path / "x.npy"]):
         assert_one_line_error(*run_cli(capsys, command[0], "--model-dir", config, *command[1:])[::2],
                               f"{config} is a file, not a model dir")
 
-    with open(os.path.join(model_dir, "model.ckpt-2.data-00000-of-00001"), "r+b") as f:
+
+def test_an_unreadable_named_checkpoint_is_a_one_line_error_naming_it(ring_dir, tmp_path, capsys):
+    model_dir = ring_copy(ring_dir, tmp_path)
+    path = os.path.join(model_dir, "model.ckpt-2")
+    with open(path + ".data-00000-of-00001", "r+b") as f:
         f.truncate(50)
-    for command in (["export", "--export-dir", exports], ["evaluate"]):
+    for command in (["export", "--export-dir", tmp_path / "exports"], ["evaluate"]):
         assert_one_line_error(*run_cli(capsys, command[0], "--model-dir", model_dir, *command[1:],
-                                       "--checkpoint", "model.ckpt-2")[::2],
-                              f"checkpoint {model_dir}/model.ckpt-2 is unreadable (")
+                                       "--checkpoint", path)[::2],
+                              f"checkpoint {path} is unreadable (")

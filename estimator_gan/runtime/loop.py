@@ -9,13 +9,12 @@ distribution work as for any Estimator, and the generator and discriminator Esti
 predict, evaluate, export or train further from the checkpoints it writes.
 
 What `train` does, in order: reads `TF_CONFIG` (one-line errors before any server starts);
-checks the config against the data, that the model fits in memory and, on the chief, that the
-newest readable checkpoint fits (the saved config's architecture, and every variable of the
-TRAIN graph: networks, optimizer slots); loads the data. Nothing is written to the model
-directory before all of that has passed. Then, on the chief under the model directory's lock:
-removes what a killed save left, points the state file at that checkpoint, writes
-`config.yaml`; then trains (single process: `Estimator.train`; in a cluster:
-`tf.estimator.train_and_evaluate`).
+checks the config against the data and that the model fits in memory; loads the data. Then,
+on the chief, under the model directory's lock: checks that the newest readable checkpoint
+fits (the saved config's architecture, and every variable of the TRAIN graph: networks,
+optimizer slots); only then writes: removes what a killed save left, points the state file at
+that checkpoint, writes `config.yaml`. Then trains (single process: `Estimator.train`; in a
+cluster: `tf.estimator.train_and_evaluate`).
 
 Exact resume (single process, in-memory data, the built-in input pipeline): the input stream
 starts at the example the checkpoint's step reached, and every random draw is keyed on the
@@ -273,10 +272,7 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
     if input_fn is None:
         check_labels(config)
     cost = check_model_size(gan.GANParts.from_params(params))
-    newest = checkpoints.newest_readable(model_dir)
-    if is_chief:
-        check_resumable(params, model_dir, newest)
-    start_step = newest.step
+    start_step = checkpoints.latest_step(model_dir)
 
     def train_input_fn():
         if input_fn is not None:
@@ -284,19 +280,20 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
         return pipeline.make_input_fn(config.data, training=True, seed=train_cfg.seed,
                                       start_example=start_step * train_cfg.d_steps * config.data.batch_size)
 
-    # Everything is checked and the data loaded before anything is written (ps and evaluator
-    # never read it).
+    # The data is loaded and checked before the model dir is touched (ps and evaluator never
+    # read it); the checkpoint is checked under the lock, which keeps other trainings out,
+    # before anything is written.
     reads_data = cluster is None or cluster.worker_index is not None
     train_input = train_input_fn() if reads_data else _lazy_input_fn(train_input_fn)
     with model_dir_lib.RunLock(model_dir) if is_chief else contextlib.nullcontext():
         if is_chief:
-            locked = checkpoints.newest_readable(model_dir)
-            if locked.path != newest.path:  # another process changed the model dir meanwhile
-                check_resumable(params, model_dir, locked)
-                start_step = locked.step
+            newest = checkpoints.newest_readable(model_dir)
+            check_resumable(params, model_dir, newest)
+            if newest.step != start_step:  # changed since the data was positioned
+                start_step = newest.step
                 train_input = train_input_fn() if reads_data else train_input
             model_dir_lib.remove_partial_files(model_dir)
-            model_dir_lib.recover_latest_checkpoint(model_dir, locked)
+            model_dir_lib.recover_latest_checkpoint(model_dir, newest)
             config_lib.save_config(config, model_dir)
         distributed = cluster is not None or config.distribute.strategy != "none"
         k = 1 if distributed else steps_per_run(config, cost.step_flops)
