@@ -88,7 +88,7 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
     G runs in training mode (batch statistics) on `export.standing_batches` noise batches of
     `export.standing_batch_size`; each layer's mean becomes the average batch mean and its
     variance the pooled variance of all samples. Batch norm not built with
-    `networks.batch_norm` (e.g. a custom network's) keeps its moving statistics, with a warning.
+    `layers.batch_norm` (e.g. a custom network's) keeps its moving statistics, with a warning.
     """
     cfg = parts.config
     ecfg = cfg.export
@@ -105,7 +105,7 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
         missed = [v.op.name for v in v1.global_variables()
                   if "moving_" in v.op.name.split("/")[-1] and v.op.name not in covered]
         if missed:
-            _log.warning("standing statistics: %d moving statistics not made by networks.batch_norm "
+            _log.warning("standing statistics: %d moving statistics not made by layers.batch_norm "
                          "keep their checkpoint values (%s)", len(missed), ", ".join(missed[:3]))
         restore = v1.train.Saver(v1.global_variables())
         moments = [layer[2:] for layer in layers]
