@@ -53,4 +53,4 @@ class ModelDirLocked(TrainingError):
 
 
 class CorruptCheckpoint(TrainingError):
-    """No checkpoint in the model directory can be read."""
+    """A checkpoint cannot be read: the one named, or every one in the model directory."""

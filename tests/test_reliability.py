@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,12 +202,16 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             proc.wait(30)
         finally:
             stop(proc)
+        holder = read(lock_path).strip() if os.path.exists(lock_path) else ""
+        took_lock = bool(holder) and json.loads(holder)["pid"] == proc.pid
         if i:
             assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
-            # a kill before the lock was taken leaves no holder to take over from
-            assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
-            takeovers += stale_lock
-        stale_lock = os.path.exists(lock_path) and bool(read(lock_path).strip())
+            # a kill before the lock was taken leaves no holder to take over from, and a run
+            # killed before it reached the lock took nothing over
+            if took_lock:
+                assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
+                takeovers += stale_lock
+        stale_lock = bool(holder)
         partial_kills += sorted(os.path.basename(p) for p in
                                 set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
@@ -440,7 +445,7 @@ def test_checkpoint_of_a_different_architecture_without_its_config(trained_dir, 
     os.remove(model_dir / "config.yaml")  # so only the checkpoint itself can tell
     result = cli_train(capsys, model_dir, "--set", "data.image_size=8", "--max-steps", "3",
                        "--set", "model.z_dim=9")
-    assert_one_line_error(*result[::2], f"{model_dir} holds a checkpoint of a different architecture "
+    assert_one_line_error(*result[::2], f"{model_dir} holds a checkpoint that does not fit these settings "
                           "(generator/project/kernel: [8, ", "in the checkpoint, [9, ")
 
 
@@ -529,3 +534,142 @@ def test_model_dir_on_a_tensorflow_filesystem(tmp_path, monkeypatch, capsys):
     assert cli.main(["evaluate", "--model-dir", model_dir, "--export", exports, *eval_args]) == 0
     capsys.readouterr()
     assert not os.path.exists("ram:") and not os.listdir(tmp_path), os.listdir(tmp_path)
+
+
+# ------------------------------------------ refused runs, and the commands that read a model dir
+
+RING_SMALL = ["--set", "data.batch_size=16", "--set", "data.mixture.num_examples=256",
+              "--set", "model.generator.hidden_units=[16]", "--set", "model.discriminator.hidden_units=[16]",
+              "--set", "train.save_checkpoints_steps=2", "--set", "train.log_every_steps=2",
+              "--set", "eval.num_samples=200", "--set", "eval.eval_batches=2"]
+
+
+def run_cli(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(model_dir):
+    """{relative path: (size, mtime_ns, content hash)} of every file under `model_dir` (the lock
+    file's content only: a run takes the lock before it reads the checkpoint)."""
+    files = {}
+    for root, _, names in os.walk(model_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                mtime = os.stat(path).st_mtime_ns if name != model_dir_lib.LOCK_FILENAME else None
+                files[os.path.relpath(path, model_dir)] = (os.path.getsize(path), mtime, hash(f.read()))
+    return files
+
+
+@pytest.fixture(scope="module")
+def ring_dir(tmp_path_factory):
+    """A 4-step `mixture_ring` run (small networks), checkpoints at steps 0, 2 and 4."""
+    model_dir = str(tmp_path_factory.mktemp("ring") / "run")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["train", "--config", "mixture_ring", "--model-dir", model_dir, *RING_SMALL,
+                         "--max-steps", "4"])
+    assert code == 0, err.getvalue()
+    return model_dir
+
+
+def ring_copy(ring_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(ring_dir, model_dir)
+    return model_dir
+
+
+def test_a_refused_run_writes_nothing_to_the_model_dir_and_its_advice_works(ring_dir, tmp_path, capsys):
+    """Another optimizer (other slot variables) is refused before anything is written, so the
+    saved config still is the run's and the advice `--config <model dir>/config.yaml` resumes it;
+    without a config.yaml, a run of the default (DCGAN) config leaves none behind either."""
+    model_dir = ring_copy(ring_dir, tmp_path)
+    before = snapshot(model_dir)
+    code, out, err = run_cli(capsys, "train", "--config", "mixture_ring", "--model-dir", model_dir, *RING_SMALL,
+                             "--max-steps", "6", "--set", "train.generator_optimizer.name=rmsprop")
+    assert_one_line_error(code, err, f"{model_dir} holds a checkpoint", "G_RMSProp is not in the checkpoint",
+                          f"--config {model_dir}/config.yaml")
+    assert snapshot(model_dir) == before
+
+    code, out, err = run_cli(capsys, "train", "--config", f"{model_dir}/config.yaml", "--model-dir", model_dir,
+                             "--max-steps", "6")
+    assert code == 0, err
+    assert "resuming at step 4, to step 6" in out and "done: step 6" in out
+
+    os.remove(os.path.join(model_dir, "config.yaml"))
+    before = snapshot(model_dir)
+    code, out, err = run_cli(capsys, "train", "--model-dir", model_dir, "--set", "data.image_size=8")
+    assert_one_line_error(code, err, f"{model_dir} holds a checkpoint", "is not in the checkpoint")
+    assert snapshot(model_dir) == before
+    assert_one_line_error(*run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir",
+                                   tmp_path / "exports")[::2], f"{model_dir} has no config.yaml")
+
+
+@pytest.mark.parametrize("damage", ["empty-newest-index", "no-state-file", "outdated-state-file"])
+def test_every_command_reads_the_newest_readable_checkpoint(ring_dir, tmp_path, capsys, damage):
+    """`export`, `generate --model-dir` and `evaluate` read the checkpoint `train` would resume
+    from: the newest that reads in full, whatever the state file says; none of them changes the
+    model dir."""
+    model_dir = ring_copy(ring_dir, tmp_path)
+    state = os.path.join(model_dir, "checkpoint")
+    if damage == "empty-newest-index":
+        open(os.path.join(model_dir, "model.ckpt-4.index"), "w").close()
+        expected, note = 2, "note: checkpoint model.ckpt-4 is unreadable ("
+    elif damage == "no-state-file":
+        os.remove(state)
+        expected, note = 4, f"note: {model_dir} has no checkpoint state file; using model.ckpt-4"
+    else:
+        tf.compat.v1.train.update_checkpoint_state(model_dir, f"{model_dir}/model.ckpt-2")
+        expected, note = 4, "note: the checkpoint state file lists model.ckpt-2 but model.ckpt-4 is newer"
+    before = snapshot(model_dir)
+
+    code, out, err = run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", tmp_path / "exports")
+    assert code == 0, err
+    assert f"exported step {expected} as version 1" in out and note in err
+    code, out, err = run_cli(capsys, "generate", "--model-dir", model_dir, "--count", "5",
+                             "--out", tmp_path / "x.npy")
+    assert code == 0, err
+    assert f"(step {expected})" in out and np.load(tmp_path / "x.npy").shape == (5, 2)
+    code, out, err = run_cli(capsys, "evaluate", "--model-dir", model_dir, "--output", tmp_path / "eval.json")
+    assert code == 0, err
+    assert f"step {expected}: " in out
+    after = snapshot(model_dir)
+    assert {k: v for k, v in after.items() if not k.startswith(("evaluation", "eval" + os.sep))} == before
+
+
+def test_a_checkpoint_name_is_one_of_the_model_dir(ring_dir, tmp_path, capsys):
+    """`--checkpoint model.ckpt-2` is a checkpoint of `--model-dir`; a wrong one lists them."""
+    model_dir = ring_copy(ring_dir, tmp_path)
+    exports = tmp_path / "exports"
+    code, out, err = run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", exports,
+                             "--checkpoint", "model.ckpt-2")
+    assert code == 0, err
+    assert "exported step 2 as version 1" in out
+    code, out, err = run_cli(capsys, "evaluate", "--model-dir", model_dir, "--checkpoint", "model.ckpt-0",
+                             "--output", tmp_path / "eval.json")
+    assert code == 0, err
+    assert "step 0: " in out
+    assert_one_line_error(*run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", exports,
+                                   "--checkpoint", "model.ckpt-3")[::2],
+                          "checkpoint not found: model.ckpt-3", "model.ckpt-0, model.ckpt-2, model.ckpt-4")
+
+
+def test_a_model_dir_that_is_a_file_is_named_as_such(ring_dir, tmp_path, capsys):
+    config = os.path.join(ring_dir, "config.yaml")
+    for command in (["export", "--export-dir", tmp_path / "exports"], ["evaluate"],
+                    ["generate", "--out", tmp_path / "x.npy"]):
+        assert_one_line_error(*run_cli(capsys, command[0], "--model-dir", config, *command[1:])[::2],
+                              f"{config} is a file, not a model dir")
+
+
+def test_an_unreadable_named_checkpoint_is_a_one_line_error_naming_it(ring_dir, tmp_path, capsys):
+    model_dir = ring_copy(ring_dir, tmp_path)
+    path = os.path.join(model_dir, "model.ckpt-2")
+    with open(path + ".data-00000-of-00001", "r+b") as f:
+        f.truncate(50)
+    for command in (["export", "--export-dir", tmp_path / "exports"], ["evaluate"]):
+        assert_one_line_error(*run_cli(capsys, command[0], "--model-dir", model_dir, *command[1:],
+                                       "--checkpoint", path)[::2],
+                              f"checkpoint {path} is unreadable (")

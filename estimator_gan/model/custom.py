@@ -3,7 +3,10 @@
 A network is any callable `fn(inputs, labels, mode, params)`; config files name one by import
 path, `"package.module:attribute"` (the current directory is importable, as for `python -m`).
 `resolve` and `check_callable` turn a bad path or a wrong signature into a one-line error that
-names it, before any graph is built.
+names it, before any graph is built. A function passed from Python that no import path reaches
+(defined in the training script's `__main__`, a lambda, a closure) is recorded as
+`"in-script:<name>"` (`recorded_name`): the model dir then says what it was, and the command
+line, which cannot rebuild it, refuses it in one line.
 
 Variable sharing: the model_fns call a role's network several times per graph (D on real, on
 fake, in the G update, in a gradient penalty) inside the role's variable scope with
@@ -33,11 +36,20 @@ GENERATOR_SIGNATURE = "fn(noise, labels, mode, params) -> samples"
 DISCRIMINATOR_SIGNATURE = "fn(samples, labels, mode, params) -> logits"
 
 
+IN_SCRIPT = "in-script:"
+
+
 def resolve(path: str, what: str) -> Any:
     """The object at import path `"package.module:attribute"` (attribute may be dotted).
 
     `what` names the setting in the error, e.g. `model.generator_fn`.
     """
+    if str(path).startswith(IN_SCRIPT):
+        name = str(path)[len(IN_SCRIPT):]
+        raise ConfigError(
+            f"{what}: this run's network {name} was defined in the training script and passed to "
+            f"eg.GAN, so only that script can rebuild it: export it there with GAN.export (or "
+            f"define it in an importable module and pass it from there)")
     module_name, sep, attribute = str(path).partition(":")
     if not (sep and module_name.strip() and attribute.strip()):
         raise ConfigError(f"{what}: {path!r} is not an import path of the form 'package.module:name'")
@@ -73,6 +85,19 @@ def import_path(obj: Any) -> Optional[str]:
             pass
     names = [name for name, value in vars(module).items() if value is obj and not name.startswith("_")]
     return f"{module_name}:{names[0]}" if names else None
+
+
+def recorded_name(obj: Any) -> str:
+    """What a saved config records for a function passed from Python: its `import_path`, else
+    `"in-script:<name>"`, which `resolve` refuses with a one-line error."""
+    path = import_path(obj)
+    if path is not None:
+        return path
+    return IN_SCRIPT + str(getattr(obj, "__name__", None) or type(obj).__name__)
+
+
+def is_in_script(path: Optional[str]) -> bool:
+    return str(path or "").startswith(IN_SCRIPT)
 
 
 def check_callable(fn: Any, num_args: int, what: str, expected: str, error=TypeError) -> Callable:

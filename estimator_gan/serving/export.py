@@ -233,14 +233,14 @@ def _unlocked(path: str) -> bool:
 def export(export_dir: str, generator: tf.estimator.Estimator,
            discriminator: Optional[tf.estimator.Estimator] = None,
            checkpoint_path: Optional[str] = None, tflite: Optional[bool] = None) -> ExportResult:
-    """Export a checkpoint (default: the latest in the generator Estimator's model_dir) as a
+    """Export a checkpoint (default: `checkpoints.newest_readable` of the Estimators' model_dir) as a
     new version of the generator (and of the discriminator, when its Estimator is given), and
     as TFLite when `tflite` (default: `export.tflite` of the config in the Estimators' params)."""
     parts = gan.GANParts.from_params(generator.params)
     config = parts.config
     ecfg = config.export
     tflite = ecfg.tflite if tflite is None else tflite
-    checkpoint_path = checkpoint_path or tf.train.latest_checkpoint(generator.model_dir)
+    checkpoint_path = checkpoint_path or checkpoints.newest_readable(generator.model_dir).path
     if not checkpoint_path:
         raise ExportError(f"no checkpoint in {generator.model_dir}: train first")
     if not fileio.exists(checkpoint_path + ".index"):
