@@ -314,6 +314,29 @@ def test_signatures_reject_bad_inputs_readably(trained):
         saved_model.load_generator(os.path.join(str(result.generator), "nope"))
 
 
+def test_served_noise_of_another_rank_or_not_finite_fails_in_graph(trained):
+    """TF Serving feeds a request to the graph unchecked: noise of another rank gets the
+    readable shape message (not a matmul error), and NaN/inf noise an error naming the value
+    (not NaN samples and black images)."""
+    _, result, _ = trained
+    for bad in (np.ones(8, np.float32), np.ones((2, 8, 1), np.float32), np.ones((2, 8, 8), np.float32)):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"noise must have shape \(batch, 8\); got shape"):
+            _run_callable(result.generator, "noise", {"noise": bad})
+    noise = np.zeros((3, 8), np.float32)
+    noise[1, 4] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"noise must be finite; row 1, column 4 is nan"):
+        _run_callable(result.generator, "noise", {"noise": noise})
+    noise[1, 4], noise[2, 7] = 0.0, -np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"noise must be finite; row 2, column 7 is -inf"):
+        _run_callable(result.generator, "noise", {"noise": noise})
+    model = tf.saved_model.load(result.generator)
+    assert saved_model.rest_predict(model, {"instances": noise.tolist()}) == {
+        "error": "noise must be finite; row 2, column 7 is -inf"}
+    finite = _run_callable(result.generator, "noise", {"noise": np.zeros((3, 8), np.float32)})
+    assert all(np.isfinite(out.astype(np.float64)).all() for out in finite if out.dtype != object)
+
+
 def test_interrupted_export_leaves_no_visible_version(trained, tmp_path, monkeypatch):
     gan, _, _ = trained
     target = str(tmp_path / "exports")
