@@ -208,6 +208,21 @@ def test_rest_json_the_readme_promises(trained):
     np.testing.assert_array_equal(np.asarray(columns["outputs"]["samples"], np.float32), direct)
 
 
+def test_rest_predict_takes_the_body_as_json_text(trained):
+    """curl posts the body as text: `rest_predict` takes it as str or bytes as well as a dict,
+    and answers text that is not JSON with TF Serving's parse error."""
+    _, result, _ = trained
+    model = tf.saved_model.load(result.generator)
+    body = {"signature_name": "seed", "inputs": {"seed": 7, "count": 2}}
+    expected = saved_model.rest_predict(model, body)
+    assert np.asarray(expected["outputs"]["samples"]).shape == (2, 8, 8, 1)
+    assert saved_model.rest_predict(model, json.dumps(body)) == expected
+    assert saved_model.rest_predict(model, json.dumps(body).encode()) == expected
+    assert saved_model.rest_predict(model, '{"instances": [1, 2') == {
+        "error": "JSON Parse error: Expecting ',' delimiter at offset: 19"}
+    assert saved_model.rest_predict(model, "[1, 2]") == {"error": "JSON Value: [\n    1,\n    2\n] Is not object"}
+
+
 @pytest.mark.parametrize("signature, body, expected", [
     ("noise", {"signature_name": "noise"}, "Missing 'inputs' or 'instances' key"),
     ("noise", {"instances": [[0.0] * 8], "inputs": {"noise": [[0.0] * 8]}},

@@ -306,14 +306,32 @@ def _request_columns(request: dict, specs: dict):
     return None, "Missing 'inputs' or 'instances' key"
 
 
+def _parsed_body(request):
+    """A request body as TF Serving receives it (JSON text, str or bytes) or already parsed
+    (a dict); `(value, None)` or `(None, TF Serving's parse error)`."""
+    if not isinstance(request, (str, bytes, bytearray)):
+        return request, None
+    try:
+        return json.loads(request), None
+    except json.JSONDecodeError as err:
+        return None, f"JSON Parse error: {err.msg} at offset: {err.pos}"
+    except UnicodeDecodeError as err:
+        return None, f"JSON Parse error: Invalid encoding in string. at offset: {err.start}"
+
+
 def rest_predict(model, request) -> dict:
     """Answer a TF Serving REST predict request body (`{"instances": [...]}` row format or
     `{"inputs": {...}}` columnar, optional `signature_name`) with the body TF Serving would
     return (`predictions` / `outputs`; outputs named `..._bytes` as `{"b64": ...}`), by calling
     the loaded SavedModel's signature: to try a client, or a README example, without a server.
-    A malformed request is answered, never raised: `{"error": "..."}` with TF Serving's
-    message for it (a missing or doubled `instances`/`inputs` key, an unknown signature, a
-    missing or unknown input, values of the wrong type or shape)."""
+    `request` is the body as sent (JSON text, `str` or `bytes`, e.g. what curl posts) or
+    already parsed (a dict). A malformed request is answered, never raised: `{"error": "..."}`
+    with TF Serving's message for it (JSON that does not parse, a missing or doubled
+    `instances`/`inputs` key, an unknown signature, a missing or unknown input, values of the
+    wrong type or shape)."""
+    request, error = _parsed_body(request)
+    if error is not None:
+        return {"error": error}
     if not isinstance(request, dict):
         return {"error": f"JSON Value: {_json_text(request)} Is not object"}
     name = request.get("signature_name", "")
