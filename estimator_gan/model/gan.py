@@ -53,7 +53,7 @@ from estimator_gan import sampling
 from estimator_gan.errors import ConfigError, NetworkError
 from estimator_gan.model import augment as augment_lib
 from estimator_gan.model import losses as losses_lib
-from estimator_gan.model import networks
+from estimator_gan.model import custom, networks
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -119,7 +119,7 @@ class GANParts:
     @classmethod
     def from_params(cls, params: dict) -> "GANParts":
         config = params["config"]
-        gen, disc = networks.networks_for(config)
+        gen, disc = custom.networks_for(config)
         loss = params.get("loss") or losses_lib.as_loss(config.loss.name)
         return cls(config, params.get("generator_fn") or gen,
                    params.get("discriminator_fn") or disc, loss)

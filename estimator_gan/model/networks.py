@@ -33,7 +33,6 @@ from typing import Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from estimator_gan.model import custom
 
 ModeKeys = tf.estimator.ModeKeys
 v1 = tf.compat.v1
@@ -309,15 +308,3 @@ ARCHITECTURES: Dict[str, Tuple[NetworkFn, NetworkFn]] = {
     "dcgan": (dcgan_generator, dcgan_discriminator),
     "mlp": (mlp_generator, mlp_discriminator),
 }
-
-
-def networks_for(config) -> Tuple[NetworkFn, NetworkFn]:
-    """The (generator, discriminator) pair a config names: the architecture's, each replaced by
-    the function at `model.generator_fn` / `model.discriminator_fn` when set."""
-    gen, disc = ARCHITECTURES[config.model.architecture]
-    if config.model.generator_fn:
-        gen = custom.network_function(config.model.generator_fn, "generator", "model.generator_fn")
-    if config.model.discriminator_fn:
-        disc = custom.network_function(config.model.discriminator_fn, "discriminator",
-                                       "model.discriminator_fn")
-    return gen, disc

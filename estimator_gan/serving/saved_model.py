@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from estimator_gan import fileio, sampling
-from estimator_gan.errors import ExportError
+from estimator_gan.errors import ExportError, op_error_text
 
 SAVED_MODEL_FILE = "saved_model.pb"
 INFO_FILENAME = "export_info.json"
@@ -138,14 +138,7 @@ def assertion_message(err: tf.errors.OpError) -> str:
         for i, group in enumerate(groups):
             if "must" in group:
                 return f"{group} {groups[i + 1]}" if group.endswith("got shape") else group
-    # Any other op error: its message, without TF's "Graph execution error:" preamble and the
-    # Python traceback of the node ("Detected at node ... defined at ...", then a blank line).
-    body = text.split("Detected at node", 1)[1].split("\n\n", 1)[-1] if "Detected at node" in text else text
-    for line in body.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Graph execution error", "[[")):
-            return line
-    return text.splitlines()[0]
+    return op_error_text(text)
 
 
 def load_generator(path: str) -> ServedGenerator:
