@@ -100,7 +100,8 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback (most recent call last)" in err and "ConfigError" in err
-    assert err.strip().splitlines()[-1].startswith("error: train.max_stepz: unknown key")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "train.max_stepz: unknown key" in last
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"], ids=["empty", "comments-only"])
