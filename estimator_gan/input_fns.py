@@ -41,12 +41,23 @@ def mixture_input_fn(kind: str = "ring", modes: int = 8, radius: float = 2.0, st
     return input_fn_for("mixture2d", training, seed, batch_size=batch_size, mixture=mixture, **options)
 
 
-def mnist_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
-                   training: bool = True, seed: Optional[int] = None, **options) -> Callable:
+def mnist_input_fn(path: Optional[str] = None, batch_size: int = 64,
+                   image_size: Optional[int] = None, training: bool = True,
+                   seed: Optional[int] = None, **options) -> Callable:
     """MNIST-format files: a folder of IDX files (`.gz` or not), one IDX images file, or an
-    `mnist.npz`; with labels."""
+    `mnist.npz`; with labels. Without `path`, Keras' cache `~/.keras/datasets/mnist.npz`
+    (fetched once when online)."""
     return input_fn_for("mnist", training, seed, path=path, batch_size=batch_size,
                     image_size=image_size, **options)
+
+
+def stacked_mnist_input_fn(path: Optional[str] = None, num_examples: int = 100_000,
+                           stacked_seed: int = 0, batch_size: int = 64, training: bool = True,
+                           seed: Optional[int] = None, **options) -> Callable:
+    """Stacked MNIST: three MNIST digits (from `path`, as `mnist_input_fn` takes it) as R, G, B;
+    `num_examples` stacks chosen with `stacked_seed`; label = 100 r + 10 g + b."""
+    return input_fn_for("stacked_mnist", training, seed, path=path, batch_size=batch_size,
+                        stacked=dict(num_examples=num_examples, seed=stacked_seed), **options)
 
 
 def images_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,

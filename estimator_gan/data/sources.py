@@ -211,7 +211,7 @@ class Mnist(Source):
         return 10
 
     def load(self, cfg, seed) -> Arrays:
-        path = require_path(cfg)
+        path = require_path(cfg) if cfg.path else keras_mnist_cache()
         parts = self._parts(path)
         labeled = [y is not None for _, y, _ in parts]
         if any(labeled) and not all(labeled):
@@ -282,6 +282,38 @@ class Mnist(Source):
         return parts
 
 
+def keras_mnist_cache() -> str:
+    """Where Keras keeps MNIST (`$KERAS_HOME` or `~/.keras`, then `datasets/mnist.npz`),
+    fetched there once by Keras' own loader when it is missing; `DataError` when that fails
+    (offline), naming the file and the alternative (`data.path`)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = os.path.join(home, "datasets", "mnist.npz")
+    if not os.path.isfile(path):
+        print(f"mnist: data.path is not set; fetching MNIST into {path} (once)", file=sys.stderr)
+        try:
+            tf.keras.datasets.mnist.load_data()
+        except Exception as err:  # noqa: BLE001 - any failure to fetch means the same to a user
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"mnist: data.path is not set and {path} could not be fetched "
+                            f"({reason}); put mnist.npz there or set data.path to a folder of "
+                            f"MNIST IDX files or an mnist.npz") from None
+        if not os.path.isfile(path):
+            raise DataError(f"mnist: fetching MNIST did not leave {path}; set data.path")
+    return path
+
+
+def stack_digits(x: np.ndarray, y: Optional[np.ndarray], count: int,
+                 seed: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Stacked MNIST from single-channel digits `x` [N, H, W, 1] (labels `y` [N] or None):
+    `count` images [count, H, W, 3], each three digits drawn independently and uniformly with
+    a RandomState(seed) as R, G, B, and the mode ids 100 r + 10 g + b (None without labels)."""
+    picks = np.random.RandomState(seed).randint(len(x), size=(count, 3))
+    stacks = np.concatenate([x[picks[:, c]] for c in range(3)], axis=-1)
+    modes = None if y is None else (100 * y[picks[:, 0]] + 10 * y[picks[:, 1]]
+                                    + y[picks[:, 2]]).astype(np.int32)
+    return stacks, modes
+
+
 def _read_idx(path: str, magic: int) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     try:
@@ -301,6 +333,36 @@ def _read_idx(path: str, magic: int) -> np.ndarray:
         raise DataError(f"mnist: {path} holds {len(data) - header} data bytes; its header "
                         f"{dims} needs {int(np.prod(dims))}")
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+@register
+class StackedMnist(Source):
+    name = "stacked_mnist"
+    summary = ("Stacked MNIST (VEEGAN, PacGAN): three MNIST digits as R, G, B, 28x28x3, from the "
+               "`mnist` source's files; 1,000 modes; label = 100 r + 10 g + b (`data.stacked`)")
+    default_image_size = 28
+    default_channels = 3
+
+    def sample_shape(self, cfg) -> Tuple[int, ...]:
+        size = cfg.image_size or self.default_image_size
+        return (size, size, 3)
+
+    def num_classes(self, cfg) -> Optional[int]:
+        return 1000
+
+    def load(self, cfg, seed) -> Arrays:
+        if cfg.channels not in (None, 3):
+            raise DataError(f"stacked_mnist: images have 3 channels, data.channels is {cfg.channels}")
+        digits = Mnist().load(cfg.model_copy(update={"channels": 1}), seed)
+        if cfg.split is not None:
+            picked = split_indices(cfg, len(digits.x))
+            digits = Arrays(digits.x[picked], None if digits.y is None else digits.y[picked])
+        x, y = stack_digits(digits.x, digits.y, cfg.stacked.num_examples, cfg.stacked.seed)
+        return Arrays(x, y)
+
+    def split(self, cfg, src: Loaded) -> Loaded:
+        """`data.split` divides the digits, before they are stacked (in `load`)."""
+        return src
 
 
 @register
