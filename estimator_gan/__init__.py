@@ -45,6 +45,7 @@ _EXPORTS = {
     "images_input_fn": "estimator_gan.input_fns",
     "tfrecord_input_fn": "estimator_gan.input_fns",
     "npy_input_fn": "estimator_gan.input_fns",
+    "tfds_input_fn": "estimator_gan.input_fns",
     # serving
     "noise_receiver_fn": "estimator_gan.model.signatures",
     "generator_receiver_fn": "estimator_gan.model.signatures",

@@ -109,7 +109,7 @@ def _export_and_report(gan: GAN, export_dir: str, checkpoint=None, generator_onl
              f"{standing['batches']}x{standing['batch_size']} samples)" if standing else ""))
     if kept:
         print(f"  note: {len(kept)} moving statistics kept their checkpoint values (batch norm not "
-              f"made by networks.batch_norm or a Keras BatchNormalization in keras_network): "
+              f"made by layers.batch_norm or a Keras BatchNormalization in keras_network): "
               f"{', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}")
     for part in (GENERATOR, DISCRIMINATOR, TFLITE):
         path = getattr(result, part)

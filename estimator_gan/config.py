@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from estimator_gan import fileio
 from estimator_gan.data import sources
 from estimator_gan.errors import ConfigError
-from estimator_gan.model import augment, losses, networks
+from estimator_gan.model import augment, losses, networks, resnet
 
 CONFIG_FILENAME = "config.yaml"
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -96,6 +96,29 @@ class SplitConfig(_Strict):
         return self.model_copy(update={"part": "second" if self.part == "first" else "first"})
 
 
+class TfdsConfig(_Strict):
+    """A TensorFlow Datasets data set (`data.source: tfds`; needs `pip install estimator-gan[tfds]`).
+
+    The data set must already be prepared in `data_dir`: with `download: false` (the default) a
+    job never downloads by surprise, and a missing data set stops it with a one-line error that
+    says how to get it (`download: true` once, or `tfds build <name> --data_dir <dir>`).
+    """
+
+    name: Optional[str] = Field(
+        None, description="TFDS data set name, optionally with config and version "
+                          "(e.g. `cifar10`, `celeb_a`, `mnist:3.0.1`).")
+    split: str = Field("train", description="TFDS split, with TFDS slicing (e.g. `train`, `train[:90%]`, `train+test`).")
+    data_dir: Optional[str] = Field(
+        None, description="Where TFDS data sets are prepared (null: TFDS's default, "
+                          "`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).")
+    download: bool = Field(
+        False, description="Download and prepare the data set if it is not in data_dir yet (for a "
+                           "distributed job, prepare it first: every process would download).")
+    image_key: str = Field("image", description="Feature holding the image (a TFDS Image feature).")
+    label_key: Optional[str] = Field(
+        "label", description="ClassLabel feature used as the label (null: unlabelled, e.g. for celeb_a).")
+
+
 class StackedConfig(_Strict):
     """Stacked MNIST (`data.source: stacked_mnist`): each example is three MNIST digits drawn
     independently and stacked as the R, G, B channels; a mode is the triple of digit classes
@@ -134,6 +157,7 @@ class DataConfig(_Strict):
     label_key: Optional[str] = Field(
         "image/class/label", description="tfrecord: int64 label feature (null: unlabelled).")
     mixture: MixtureConfig = MixtureConfig()
+    tfds: TfdsConfig = TfdsConfig()
     stacked: StackedConfig = StackedConfig()
     split: Optional[SplitConfig] = Field(
         None, description="Use one part of a seeded split of the examples (not for tfrecord).")
@@ -156,13 +180,23 @@ class DataConfig(_Strict):
             raise ValueError(f"channels must be 1 or 3, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _tfds_needs_a_name(self):
+        if self.source == "tfds" and not self.tfds.name:
+            raise ValueError("data.source tfds needs data.tfds.name, the TFDS data set (e.g. cifar10)")
+        return self
+
 
 class GeneratorConfig(_Strict):
     """The built-in generator (`model.architecture`)."""
 
-    filters: int = Field(64, ge=1, description="DCGAN: filters of the last hidden layer.")
+    filters: Optional[int] = Field(
+        None, ge=1, description="Channels at full resolution: dcgan's last hidden layer, resnet's "
+        "last block (the layout sets the others as multiples). null: the architecture's default, "
+        "filled in from the sample shape (" + networks.filters_doc(0) + ").")
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
-    batch_norm: bool = Field(True, description="Batch norm after each hidden generator layer.")
+    batch_norm: bool = Field(True, description="Batch norm in the generator (after each hidden "
+                                               "layer; resnet: in each block and before the output).")
     bn_decay: float = Field(0.99, gt=0, lt=1, description="Moving-average decay of BN stats.")
     ema_decay: Optional[float] = Field(
         0.999, ge=0, lt=1,
@@ -176,7 +210,10 @@ class GeneratorConfig(_Strict):
 class DiscriminatorConfig(_Strict):
     """The built-in discriminator (`model.architecture`)."""
 
-    filters: int = Field(64, ge=1, description="DCGAN: filters of the first conv layer.")
+    filters: Optional[int] = Field(
+        None, ge=1, description="Channels at full resolution: dcgan's first conv layer, resnet's "
+        "first block (the layout sets the others as multiples). null: the architecture's default, "
+        "filled in from the sample shape (" + networks.filters_doc(1) + ").")
     hidden_units: List[int] = Field([128, 128], description="MLP: hidden layer widths.")
     spectral_norm: bool = Field(
         True, description="Divide every D weight by its largest singular value (one power "
@@ -197,11 +234,15 @@ class ModelConfig(_Strict):
 
     architecture: str = Field(
         "dcgan", description="Built-in network pair: " + ", ".join(f"`{n}`" for n in networks.ARCHITECTURES)
-        + " (`dcgan` for images, `mlp` for e.g. 2D points).")
+        + " (`dcgan` for images of any size, `resnet` the residual SN-GAN for square images of "
+        + ", ".join(map(str, resnet.LAYOUTS)) + " px, `mlp` for e.g. 2D points).")
     z_dim: int = Field(64, ge=1, description="Length of the noise vector fed to the generator.")
     sample_shape: Optional[List[int]] = Field(
         None, description="Shape of one example; filled in from the data source.")
     conditional: bool = Field(False, description="Condition G and D on class labels.")
+    self_attention: Optional[int] = Field(
+        None, ge=4, description="resnet: insert one self-attention block (SAGAN) in G and D at "
+        "this resolution, e.g. 64 for 128 px images (a resolution both networks reach); null: none.")
     num_classes: Optional[int] = Field(
         None, ge=1, description="Classes of a conditional model; filled in from the data source.")
     generator: GeneratorConfig = GeneratorConfig()
@@ -554,22 +595,31 @@ def load_model_dir_config(model_dir: str) -> Config:
 
 
 def resolve(config: Config) -> Config:
-    """Fill in what the data decides (the sample shape; a conditional model's class count) so
-    the config fully fixes the model. Reads no data when both are already set (e.g. a model
-    directory's config), and at most an npy file's header otherwise."""
-    if config.model.sample_shape is not None and (
-            not config.model.conditional or config.model.num_classes is not None):
+    """Fill in what the data and the architecture decide (the sample shape; a conditional
+    model's class count; null `filters`) so the config fully fixes the model, and refuse a model
+    the architecture cannot build (`ConfigError`). Reads no data when the sample shape and class
+    count are already set (e.g. a model directory's config), and at most an npy file's header
+    otherwise."""
+    model = config.model
+    if (model.sample_shape is not None and (not model.conditional or model.num_classes is not None)
+            and (not networks.uses_architecture(model)
+                 or None not in (model.generator.filters, model.discriminator.filters))):
+        networks.check(model)
         return config
     config = config.model_copy(deep=True)
-    if config.model.sample_shape is None:
-        config.model.sample_shape = list(sources.sample_shape(config.data))
-    if config.model.conditional and config.model.num_classes is None:
+    model = config.model
+    if model.sample_shape is None:
+        model.sample_shape = list(sources.sample_shape(config.data))
+    if model.conditional and model.num_classes is None:
         classes = sources.num_classes(config.data)
         if classes is None:
             raise ConfigError(
                 f"model.conditional needs class labels, but data.source={config.data.source} "
                 "has none (or an unknown count): set model.num_classes or use a labelled source")
-        config.model.num_classes = classes
+        model.num_classes = classes
+    networks.check(model)
+    if networks.uses_architecture(model):
+        model.generator.filters, model.discriminator.filters = networks.resolved_filters(model)
     return config
 
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 from estimator_gan import checkpoints, fileio, sampling
 from estimator_gan import config as config_lib
 from estimator_gan.data import pipeline
-from estimator_gan.model import custom, gan, losses, model_fns
+from estimator_gan.model import custom, gan, losses, model_fns, networks
 from estimator_gan.runtime import cluster as cluster_lib
 from estimator_gan.runtime import listeners as listeners_lib
 from estimator_gan.runtime import loop
@@ -80,7 +80,7 @@ class GAN:
                 setattr(self.config.model, f"{role}_fn", path)
             else:
                 overrides[f"{role}_fn"] = checked
-        custom.networks_for(self.config)  # resolves and checks import paths
+        networks.networks_for(self.config)  # resolves and checks import paths
         if loss is not None:
             resolved = losses.as_loss(loss)
             if isinstance(loss, str):

@@ -83,3 +83,18 @@ def npy_input_fn(path: str, labels_path: Optional[str] = None, batch_size: int =
     """A `.npy`/`.npz` array: `(N, 2)` points or `(N, H, W[, C])` images, optional labels."""
     return input_fn_for("npy", training, seed, path=path, labels_path=labels_path,
                     batch_size=batch_size, **options)
+
+
+def tfds_input_fn(name: str, split: str = "train", data_dir: Optional[str] = None,
+                  download: bool = False, image_key: str = "image", label_key: Optional[str] = "label",
+                  batch_size: int = 64, image_size: Optional[int] = None,
+                  channels: Optional[int] = None, training: bool = True,
+                  seed: Optional[int] = None, **options) -> Callable:
+    """A TensorFlow Datasets data set (`pip install estimator-gan[tfds]`), prepared in
+    `data_dir` (or downloaded first with `download=True`): the image feature `image_key`, center-
+    cropped and resized to `image_size` (default: its own size when square, else 64), with the
+    ClassLabel `label_key` as labels (None: unlabelled)."""
+    tfds = dict(name=name, split=split, data_dir=data_dir, download=download,
+                image_key=image_key, label_key=label_key)
+    return input_fn_for("tfds", training, seed, tfds=tfds, batch_size=batch_size,
+                        image_size=image_size, channels=channels, **options)

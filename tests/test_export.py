@@ -241,7 +241,7 @@ def test_keras_batch_norm_gets_standing_statistics_and_other_batch_norm_a_warnin
         result = plain.export(str(tmp_path / "v1_exports"), generator_only=True)
     kept = ["generator/batch_normalization/moving_mean", "generator/batch_normalization/moving_variance"]
     assert result.standing_statistics == 0 and result.info["standing_statistics"]["kept"] == kept
-    assert "2 moving statistics not made by networks.batch_norm" in caplog.text
+    assert "2 moving statistics not made by layers.batch_norm" in caplog.text
 
 
 def test_tflite_matches_saved_model(trained):

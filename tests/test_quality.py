@@ -10,7 +10,7 @@ from estimator_gan import config as config_lib
 from estimator_gan.evaluation import metrics as metrics_lib
 from estimator_gan.gan import GAN
 from estimator_gan.model import gan as gan_lib
-from estimator_gan.model import model_fns, networks
+from estimator_gan.model import layers, model_fns, networks
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -158,9 +158,9 @@ def test_spectral_norm_power_iteration_converges_to_unit_largest_singular_value(
     with tf.Graph().as_default():
         with v1.variable_scope("layer"):
             kernel = v1.get_variable("kernel", initializer=kernel_value)
-            normalized = networks.spectral_normalize(kernel, training=True)
-        (u,), (u_new,) = (v1.get_collection(networks.SPECTRAL_NORM_VECTORS),
-                          v1.get_collection(networks.SPECTRAL_NORM_UPDATES))
+            normalized = layers.spectral_normalize(kernel, training=True)
+        (u,), (u_new,) = (v1.get_collection(layers.SPECTRAL_NORM_VECTORS),
+                          v1.get_collection(layers.SPECTRAL_NORM_UPDATES))
         step = v1.assign(u, u_new)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())

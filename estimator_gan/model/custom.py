@@ -21,12 +21,12 @@ import inspect
 import os
 import sys
 import weakref
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
 from estimator_gan.errors import ConfigError, NetworkError
-from estimator_gan.model import networks
+from estimator_gan.model import layers
 
 v1 = tf.compat.v1
 
@@ -103,19 +103,6 @@ def network_function(spec: Any, role: str, what: Optional[str] = None) -> Callab
     return check_callable(spec, 4, what, expected)
 
 
-def networks_for(config) -> Tuple[Callable, Callable]:
-    """The (generator, discriminator) pair a config names: the architecture's
-    (`networks.ARCHITECTURES`), each replaced by the function at `model.generator_fn` /
-    `model.discriminator_fn` when set."""
-    gen, disc = networks.ARCHITECTURES[config.model.architecture]
-    if config.model.generator_fn:
-        gen = network_function(config.model.generator_fn, "generator", "model.generator_fn")
-    if config.model.discriminator_fn:
-        disc = network_function(config.model.discriminator_fn, "discriminator",
-                                "model.discriminator_fn")
-    return gen, disc
-
-
 def keras_network(build_model: Callable) -> Callable:
     """Adapt a Keras model factory to a network function `fn(inputs, labels, mode, params)`.
 
@@ -127,7 +114,7 @@ def keras_network(build_model: Callable) -> Callable:
     `model.conditional` is set. In TRAIN mode its new updates (batch-norm moving statistics) go
     to `UPDATE_OPS`, where the model_fns collect them for that role's update only, and each
     `tf.keras.layers.BatchNormalization` reports its moving statistics and batch moments like
-    `networks.batch_norm`, so an export recomputes its statistics ("standing statistics").
+    `layers.batch_norm`, so an export recomputes its statistics ("standing statistics").
     A discriminator may return logits `[B]` or `[B, 1]`. The generator EMA
     (`model.generator.ema_decay`) does not apply to a Keras generator: its weights bypass the
     variable-scope getter that PREDICT reads the EMA through, so it is skipped (with a warning).
@@ -181,8 +168,8 @@ def _batch_norm_layers(model) -> list:
 
 def _report_batch_moments(layer) -> None:
     """Make a Keras batch-norm layer add, on each training-mode call, its moving statistics and
-    the batch's moments (population variance) to the `networks.BATCH_NORM_*` collections, as
-    `networks.batch_norm` does: the standing statistics of an export read them. Layers that
+    the batch's moments (population variance) to the `layers.BATCH_NORM_*` collections, as
+    `layers.batch_norm` does: the standing statistics of an export read them. Layers that
     normalise otherwise (renorm, virtual batches, several axes, frozen) report nothing."""
     original = layer.call
 
@@ -196,7 +183,7 @@ def _report_batch_moments(layer) -> None:
             channel = axes[0] % rank
             mean, variance = tf.nn.moments(tf.cast(inputs, tf.float32),
                                            [i for i in range(rank) if i != channel])
-            for key, value in zip(networks.BATCH_NORM_COLLECTIONS,
+            for key, value in zip(layers.BATCH_NORM_COLLECTIONS,
                                   (layer.moving_mean, layer.moving_variance, mean, variance)):
                 v1.add_to_collection(key, value)
         return outputs

@@ -33,7 +33,7 @@ Sample-quality state, also in every TRAIN graph and so in every checkpoint:
   weights whenever they are read: before every checkpoint is saved (`GANTrainOps.
   refresh_statistics`, run by the train spec's saver), before every sample picture, and as
   standing statistics before an export. (Under a distribution strategy, and for batch norm
-  other than `networks.batch_norm`, they are updated after every G update instead, by one more
+  other than `layers.batch_norm`, they are updated after every G update instead, by one more
   forward pass of the EMA generator.) EVAL and PREDICT read the shadows through a custom
   getter, unless `model.generator.inference_weights` is `raw`.
 * Spectral norm (`model.discriminator.spectral_norm`): the power-iteration vectors `.../sn_u`
@@ -53,7 +53,7 @@ from estimator_gan import sampling
 from estimator_gan.errors import ConfigError, NetworkError
 from estimator_gan.model import augment as augment_lib
 from estimator_gan.model import losses as losses_lib
-from estimator_gan.model import custom, networks
+from estimator_gan.model import layers, networks
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -119,7 +119,7 @@ class GANParts:
     @classmethod
     def from_params(cls, params: dict) -> "GANParts":
         config = params["config"]
-        gen, disc = custom.networks_for(config)
+        gen, disc = networks.networks_for(config)
         loss = params.get("loss") or losses_lib.as_loss(config.loss.name)
         return cls(config, params.get("generator_fn") or gen,
                    params.get("discriminator_fn") or disc, loss)
@@ -210,8 +210,8 @@ class GANParts:
         """Run a network; collect what it left in the graph collections; refuse one that makes
         variables outside its scope or on a repeated call, which would silently break weight
         sharing and var_list separation."""
-        keys = (v1.GraphKeys.UPDATE_OPS, *networks.BATCH_NORM_COLLECTIONS,
-                networks.SPECTRAL_NORM_VECTORS, networks.SPECTRAL_NORM_UPDATES,
+        keys = (v1.GraphKeys.UPDATE_OPS, *layers.BATCH_NORM_COLLECTIONS,
+                layers.SPECTRAL_NORM_VECTORS, layers.SPECTRAL_NORM_UPDATES,
                 v1.GraphKeys.GLOBAL_VARIABLES)
         existing = role_variables(scope, trainable=False)
         out, (updates, means, variances, batch_means, batch_vars, vectors, steps, new) = \
@@ -465,7 +465,7 @@ class _Trainer:
     def _update_ema(self, after, batch, labels, key, statistics_per_step: bool):
         """Once `after` (a G update) has run, move every shadow towards its G variable. With
         `statistics_per_step` (a distribution strategy, whose replicas cannot run a refresh
-        outside the train op, or a generator whose batch norm is not `networks.batch_norm`),
+        outside the train op, or a generator whose batch norm is not `layers.batch_norm`),
         the EMA generator's batch-norm statistics are also updated here, on a fresh batch."""
         decay = self.parts.ema_decay
         if decay is None:
@@ -570,7 +570,7 @@ def gan_train_ops(parts: GANParts, features, labels, d_steps: int, g_steps: int,
 
 
 def refreshable(call: NetworkOutput) -> bool:
-    """Whether every batch-norm update of a generator call comes from `networks.batch_norm`
+    """Whether every batch-norm update of a generator call comes from `layers.batch_norm`
     (two updates per layer, whose batch moments it reports), so its statistics can be
     recomputed at once instead of tracked per step."""
     return len(call.update_ops) == 2 * len(call.batch_norm)

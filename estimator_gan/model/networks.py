@@ -1,5 +1,4 @@
-"""Built-in networks: plain functions of tensors, an MLP pair and a DCGAN pair, and the layers
-they are made of.
+"""Built-in networks: plain functions of tensors, and the registry that names each pair.
 
 Every network has the signature the model_fns call:
 
@@ -8,178 +7,34 @@ Every network has the signature the model_fns call:
 
 `params["config"]` is the run's `Config`; `labels` may be None. The model_fns open the role's
 variable scope (`generator` / `discriminator`, with reuse) around each call, so a network only
-names its layers and can be called any number of times with the same weights. Variables are made
-with `tf.compat.v1.get_variable`; batch norm puts its moving-statistics updates in the
-`UPDATE_OPS` collection when `mode` is TRAIN and uses the moving statistics otherwise.
+names its layers and can be called any number of times with the same weights. The layers
+(`model.layers`) make their variables with `tf.compat.v1.get_variable` and leave batch-norm
+and spectral-norm state in graph collections for `model.gan` to wire (see `model.layers`).
 
-What a TRAIN-mode call leaves for its caller (`model.gan` reads it right after the call, as the
-model_fns read `UPDATE_OPS`): each `batch_norm` its moving statistics and batch moments in the
-`BATCH_NORM_*` collections (for standing statistics), each spectrally normalised weight its
-power-iteration vector and that vector's one-step update in the `SPECTRAL_NORM_*` collections.
-
-Adding an architecture: write its generator and discriminator here and add the pair to
-`ARCHITECTURES` (the name `model.architecture` takes).
+Here: an MLP pair (2D points and other flat data) and a DCGAN pair (images of any size); the
+residual SN-GAN pair for 32-128 px images is in `model.resnet`. Adding an architecture: write
+its generator and discriminator and add an `Architecture` to `ARCHITECTURES` (the name
+`model.architecture` takes).
 
 Conditional models (`model.conditional`) get int32 class ids `labels` [B] in
-[0, model.num_classes): the generator concatenates a one-hot code to the noise and uses
-class-conditional batch norm; the discriminator adds a projection term <embed(y), h> to its logit
-(Miyato & Koyama, 2018). With `model.discriminator.spectral_norm`, every D weight is divided by an
-estimate of its largest singular value (`spectral_normalize`).
+[0, model.num_classes): the DCGAN and MLP generators concatenate a one-hot code to the noise
+and use class-conditional batch norm; the discriminators add a projection term <embed(y), h>
+to their logit (Miyato & Koyama, 2018). With `model.discriminator.spectral_norm`, every D
+weight is divided by an estimate of its largest singular value (`layers.spectral_normalize`).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Tuple
 
 import tensorflow as tf
 
+from estimator_gan.errors import ConfigError
+from estimator_gan.model import custom, layers, resnet
+from estimator_gan.model.layers import DCGAN_INIT, batch_norm, conv2d, conv2d_transpose, dense
 
 ModeKeys = tf.estimator.ModeKeys
 v1 = tf.compat.v1
-
-_DCGAN_INIT = v1.random_normal_initializer(stddev=0.02)
-
-# Per TRAIN-mode batch_norm call, in matching order: its moving statistics and batch moments.
-BATCH_NORM_MOVING_MEANS = "batch_norm_moving_means"
-BATCH_NORM_MOVING_VARIANCES = "batch_norm_moving_variances"
-BATCH_NORM_MEANS = "batch_norm_means"
-BATCH_NORM_VARIANCES = "batch_norm_variances"
-BATCH_NORM_COLLECTIONS = (BATCH_NORM_MOVING_MEANS, BATCH_NORM_MOVING_VARIANCES,
-                          BATCH_NORM_MEANS, BATCH_NORM_VARIANCES)
-
-
-def _get(name, shape, initializer, trainable=True, **kwargs):
-    return v1.get_variable(name, shape=shape, dtype=tf.float32, initializer=initializer,
-                           trainable=trainable, **kwargs)
-
-
-# Spectral normalisation's power-iteration state, per TRAIN-mode call, in matching order: the
-# `u` variables and their one-step updates. The caller assigns them once per D update, after
-# every read of `u` in that update (see model.gan), so all calls of one update see the same `u`.
-SPECTRAL_NORM_VECTORS = "spectral_norm_vectors"
-SPECTRAL_NORM_UPDATES = "spectral_norm_updates"
-
-
-def _l2_normalize(x):
-    return x * tf.math.rsqrt(tf.reduce_sum(tf.square(x)) + 1e-12)
-
-
-def spectral_normalize(kernel, training: bool) -> tf.Tensor:
-    """`kernel / sigma`, sigma the largest singular value of the kernel reshaped to
-    [-1, out_channels] (for a conv kernel an estimate of the layer's operator norm, as in
-    Miyato et al., 2018), from one power-iteration step on a non-trainable vector `sn_u`.
-
-    Every call computes the step from the stored `u` without changing it, so EVAL and PREDICT
-    are deterministic. In TRAIN mode the call also records (`u`, its update) in the
-    `SPECTRAL_NORM_VECTORS` / `SPECTRAL_NORM_UPDATES` collections for the caller to assign.
-    """
-    out = int(kernel.shape[-1])
-    w = tf.reshape(kernel, [-1, out])
-    u = _get("sn_u", [1, out], v1.random_normal_initializer(), trainable=False,
-             aggregation=tf.VariableAggregation.MEAN)
-    v = tf.stop_gradient(_l2_normalize(tf.matmul(u, w, transpose_b=True)))
-    u_new = tf.stop_gradient(_l2_normalize(tf.matmul(v, w)))
-    sigma = tf.reduce_sum(tf.matmul(v, w) * u_new)
-    if training:
-        v1.add_to_collection(SPECTRAL_NORM_VECTORS, u)
-        v1.add_to_collection(SPECTRAL_NORM_UPDATES, u_new)
-    return kernel / sigma
-
-
-def _kernel(shape, initializer, spectral_norm: bool, training: bool):
-    kernel = _get("kernel", shape, initializer)
-    return spectral_normalize(kernel, training) if spectral_norm else kernel
-
-
-def dense(x, units: int, name: str, initializer=None, spectral_norm: bool = False,
-          training: bool = False) -> tf.Tensor:
-    with v1.variable_scope(name):
-        kernel = _kernel([int(x.shape[-1]), units], initializer or v1.glorot_uniform_initializer(),
-                         spectral_norm, training)
-        bias = _get("bias", [units], v1.zeros_initializer())
-        return tf.nn.bias_add(tf.matmul(x, kernel), bias)
-
-
-def conv2d(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2, initializer=None,
-           spectral_norm: bool = False, training: bool = False):
-    with v1.variable_scope(name):
-        kernel = _kernel([kernel_size, kernel_size, int(x.shape[-1]), filters],
-                         initializer or _DCGAN_INIT, spectral_norm, training)
-        bias = _get("bias", [filters], v1.zeros_initializer())
-        return tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=stride, padding="SAME"), bias)
-
-
-def embedding(labels, num_classes: int, dim: int, name: str, spectral_norm: bool = False,
-              training: bool = False) -> tf.Tensor:
-    """Rows of a learned [num_classes, dim] matrix, one per label: [B, dim]."""
-    with v1.variable_scope(name):
-        table = _kernel([num_classes, dim], v1.glorot_uniform_initializer(), spectral_norm, training)
-        return tf.gather(table, labels)
-
-
-def projection(features, labels, num_classes: int, name: str = "projection",
-               spectral_norm: bool = False, training: bool = False) -> tf.Tensor:
-    """The projection discriminator's class term <embed(y), h> for features h [B, D]: [B]."""
-    embedded = embedding(labels, num_classes, int(features.shape[-1]), name, spectral_norm, training)
-    return tf.reduce_sum(embedded * features, axis=1)
-
-
-def conv2d_transpose(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2,
-                     initializer=None):
-    with v1.variable_scope(name):
-        kernel = _get("kernel", [kernel_size, kernel_size, filters, int(x.shape[-1])],
-                      initializer or _DCGAN_INIT)
-        bias = _get("bias", [filters], v1.zeros_initializer())
-        batch = tf.shape(x)[0]
-        out_shape = tf.stack([batch, int(x.shape[1]) * stride, int(x.shape[2]) * stride, filters])
-        y = tf.nn.conv2d_transpose(x, kernel, out_shape, strides=stride, padding="SAME")
-        y.set_shape([x.shape[0], int(x.shape[1]) * stride, int(x.shape[2]) * stride, filters])
-        return y + bias
-
-
-def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float = 1e-5,
-               labels=None, num_classes: Optional[int] = None):
-    """Batch norm over all axes but the last, with TensorFlow's fused kernel.
-
-    Training: normalises with the batch's statistics (population variance) and adds the
-    moving-average updates to `UPDATE_OPS` (the caller decides whether they run). Otherwise:
-    uses the moving statistics, so inference is deterministic. With `labels` (and
-    `num_classes`) the scale and offset are per class (conditional batch norm): `gamma`/`beta`
-    are [num_classes, channels] tables.
-    """
-    channels = int(x.shape[-1])
-    with v1.variable_scope(name):
-        if labels is None:
-            gamma = _get("gamma", [channels], v1.ones_initializer())
-            beta = _get("beta", [channels], v1.zeros_initializer())
-        else:
-            gamma_table = _get("gamma", [num_classes, channels], v1.ones_initializer())
-            beta_table = _get("beta", [num_classes, channels], v1.zeros_initializer())
-        stat_kwargs = dict(trainable=False, aggregation=tf.VariableAggregation.MEAN)
-        moving_mean = _get("moving_mean", [channels], v1.zeros_initializer(), **stat_kwargs)
-        moving_var = _get("moving_variance", [channels], v1.ones_initializer(), **stat_kwargs)
-        shape = tf.shape(x)
-        images = x if x.shape.rank == 4 else tf.reshape(x, [-1, 1, 1, channels])
-        scale, offset = (gamma, beta) if labels is None else (tf.ones([channels]), tf.zeros([channels]))
-        if training:
-            y, mean, unbiased = v1.nn.fused_batch_norm(images, scale, offset, epsilon=epsilon,
-                                                       is_training=True)
-            count = tf.cast(tf.size(images) // channels, tf.float32)
-            variance = unbiased * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's is Bessel-corrected
-            for key, value in zip(BATCH_NORM_COLLECTIONS, (moving_mean, moving_var, mean, variance)):
-                v1.add_to_collection(key, value)
-            for var, value in ((moving_mean, mean), (moving_var, variance)):
-                v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
-                                     v1.assign_sub(var, (var - value) * (1.0 - decay)))
-        else:
-            y, _, _ = v1.nn.fused_batch_norm(images, scale, offset, mean=moving_mean,
-                                             variance=moving_var, epsilon=epsilon, is_training=False)
-        y = y if x.shape.rank == 4 else tf.reshape(y, shape)
-        if labels is None:
-            return y
-        per_example = [-1] + [1] * (x.shape.rank - 2) + [channels]
-        return (y * tf.reshape(tf.gather(gamma_table, labels), per_example)
-                + tf.reshape(tf.gather(beta_table, labels), per_example))
 
 
 def _config(params):
@@ -213,11 +68,6 @@ def minibatch_stddev(x) -> tf.Tensor:
     return tf.concat([x, tf.ones_like(x[..., :1]) * stat], axis=-1)
 
 
-def _condition(cfg, labels):
-    """The labels if the model is conditional, else None (the networks then ignore labels)."""
-    return labels if cfg.model.conditional else None
-
-
 def _with_one_hot(noise, labels, cfg):
     if labels is None:
         return noise
@@ -237,11 +87,12 @@ def dcgan_generator(noise, labels, mode, params):
     Conditional: one-hot label concatenated to the noise, class-conditional batch norm."""
     cfg = _config(params)
     gcfg = cfg.model.generator
-    labels = _condition(cfg, labels)
+    labels = layers.conditioning(cfg, labels)
     height, width, channels = cfg.model.sample_shape
     n_up, h0, w0 = _upsampling_plan(height, width)
     training = mode == ModeKeys.TRAIN
-    filters = [gcfg.filters * 2 ** (n_up - 1 - i) for i in range(max(n_up, 1))]
+    width = resolved_filters(cfg.model)[0]
+    filters = [width * 2 ** (n_up - 1 - i) for i in range(max(n_up, 1))]
 
     def norm_relu(x, name):
         if gcfg.batch_norm:
@@ -249,7 +100,7 @@ def dcgan_generator(noise, labels, mode, params):
                            num_classes=cfg.model.num_classes)
         return tf.nn.relu(x)
 
-    x = dense(_with_one_hot(noise, labels, cfg), h0 * w0 * filters[0], "project", initializer=_DCGAN_INIT)
+    x = dense(_with_one_hot(noise, labels, cfg), h0 * w0 * filters[0], "project", initializer=DCGAN_INIT)
     x = norm_relu(tf.reshape(x, [-1, h0, w0, filters[0]]), "project_bn")
     for i in range(1, n_up):
         x = norm_relu(conv2d_transpose(x, filters[i], f"deconv{i}"), f"deconv{i}_bn")
@@ -268,20 +119,14 @@ def dcgan_discriminator(samples, labels, mode, params):
     height, width, _ = cfg.model.sample_shape
     n_down, _, _ = _upsampling_plan(height, width)
     sn = dict(spectral_norm=cfg.model.discriminator.spectral_norm, training=mode == ModeKeys.TRAIN)
+    width = resolved_filters(cfg.model)[1]
     x = samples
     for i in range(max(n_down, 1)):
-        x = tf.nn.leaky_relu(conv2d(x, cfg.model.discriminator.filters * 2 ** i, f"conv{i}", **sn), 0.2)
+        x = tf.nn.leaky_relu(conv2d(x, width * 2 ** i, f"conv{i}", **sn), 0.2)
     if cfg.model.discriminator.minibatch_stddev:
         x = minibatch_stddev(x)
     x = tf.reshape(x, [-1, int(math.prod(x.shape[1:]))])
-    return _logits(x, _condition(cfg, labels), cfg, sn, initializer=_DCGAN_INIT)
-
-
-def _logits(features, labels, cfg, sn, initializer=None):
-    logits = tf.squeeze(dense(features, 1, "logit", initializer=initializer, **sn), axis=1)
-    if labels is None:
-        return logits
-    return logits + projection(features, labels, cfg.model.num_classes, **sn)
+    return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, DCGAN_INIT, **sn)
 
 
 def mlp_generator(noise, labels, mode, params):
@@ -289,7 +134,7 @@ def mlp_generator(noise, labels, mode, params):
     Conditional: one-hot label concatenated to the noise, class-conditional batch norm."""
     cfg = _config(params)
     gcfg = cfg.model.generator
-    labels = _condition(cfg, labels)
+    labels = layers.conditioning(cfg, labels)
     training = mode == ModeKeys.TRAIN
     x = _with_one_hot(noise, labels, cfg)
     for i, units in enumerate(gcfg.hidden_units):
@@ -313,12 +158,83 @@ def mlp_discriminator(samples, labels, mode, params):
         x = tf.nn.leaky_relu(dense(x, units, f"hidden{i}", **sn), 0.2)
     if cfg.model.discriminator.minibatch_stddev:
         x = minibatch_stddev(x)
-    return _logits(x, _condition(cfg, labels), cfg, sn)
+    return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, **sn)
 
 
 NetworkFn = Callable[..., tf.Tensor]
 
-ARCHITECTURES: Dict[str, Tuple[NetworkFn, NetworkFn]] = {
-    "dcgan": (dcgan_generator, dcgan_discriminator),
-    "mlp": (mlp_generator, mlp_discriminator),
+
+def _no_self_attention(model) -> None:
+    if model.self_attention is not None:
+        raise ConfigError(f"model.self_attention applies to architecture resnet, not "
+                          f"{model.architecture}: set it to null")
+
+
+class Architecture(NamedTuple):
+    """A built-in network pair and what it needs from the config.
+
+    `default_filters(model)`: the (generator, discriminator) `filters` that null
+    `model.generator.filters` / `model.discriminator.filters` stand for, for a `model` config
+    with a sample shape. `check(model)`: raise `ConfigError` for a `model` config the pair cannot
+    build. `filters_doc`: the (generator, discriminator) defaults in words, for the reference.
+    """
+
+    generator: NetworkFn
+    discriminator: NetworkFn
+    default_filters: Callable[..., Tuple[int, int]]
+    check: Callable[..., None]
+    filters_doc: Tuple[str, str]
+
+
+ARCHITECTURES: Dict[str, Architecture] = {
+    "dcgan": Architecture(dcgan_generator, dcgan_discriminator, lambda model: (64, 64),
+                          _no_self_attention, ("64", "64")),
+    "mlp": Architecture(mlp_generator, mlp_discriminator, lambda model: (64, 64),
+                        _no_self_attention, ("unused", "unused")),
+    "resnet": Architecture(resnet.generator, resnet.discriminator, resnet.default_filters,
+                           resnet.check, (resnet.filters_doc(0), resnet.filters_doc(1))),
 }
+
+
+def filters_doc(role: int) -> str:
+    """The `filters` defaults of every architecture in words; role 0: G, 1: D."""
+    return ", ".join(f"{name} {arch.filters_doc[role]}" for name, arch in ARCHITECTURES.items())
+
+
+def resolved_filters(model) -> Tuple[int, int]:
+    """The (generator, discriminator) `filters` of a `model` config with a sample shape: the
+    config's, or the architecture's defaults where null (`ConfigError` for a sample shape the
+    architecture has no defaults for)."""
+    g, d = model.generator.filters, model.discriminator.filters
+    if g is None or d is None:
+        default_g, default_d = ARCHITECTURES[model.architecture].default_filters(model)
+        g, d = g or default_g, d or default_d
+    return g, d
+
+
+def uses_architecture(model) -> bool:
+    """Whether a `model` config builds at least one of its architecture's networks."""
+    return not (model.generator_fn and model.discriminator_fn)
+
+
+def check(model) -> None:
+    """`ConfigError` for a `model` config (with a sample shape) whose architecture cannot build
+    the networks it is used for."""
+    if uses_architecture(model):
+        ARCHITECTURES[model.architecture].check(model)
+
+
+def networks_for(config) -> Tuple[NetworkFn, NetworkFn]:
+    """The (generator, discriminator) pair a config names: the architecture's, each replaced by
+    the function at `model.generator_fn` / `model.discriminator_fn` when set. `ConfigError` for
+    a model the architecture cannot build (checked when the sample shape is known)."""
+    arch = ARCHITECTURES[config.model.architecture]
+    gen, disc = arch.generator, arch.discriminator
+    if config.model.sample_shape is not None:
+        check(config.model)
+    if config.model.generator_fn:
+        gen = custom.network_function(config.model.generator_fn, "generator", "model.generator_fn")
+    if config.model.discriminator_fn:
+        disc = custom.network_function(config.model.discriminator_fn, "discriminator",
+                                       "model.discriminator_fn")
+    return gen, disc

@@ -94,8 +94,8 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
 
     G runs in training mode (batch statistics) on `export.standing_batches` noise batches of
     `export.standing_batch_size`; each layer's mean becomes the average batch mean and its
-    variance the pooled variance of all samples. Batch norm built with `networks.batch_norm`
-    or a Keras `BatchNormalization` in a `keras_network` reports its batch moments; any other
+    variance the pooled variance of all samples. Batch norm built with `layers.batch_norm` or
+    a Keras `BatchNormalization` in a `keras_network` reports its batch moments; any other
     (e.g. `tf.compat.v1.layers.batch_normalization` in your own network) keeps its moving
     statistics, with a warning, and is listed in `Standing.kept`.
     """
@@ -114,7 +114,7 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
         missed = [v.op.name for v in v1.global_variables()
                   if "moving_" in v.op.name.split("/")[-1] and v.op.name not in covered]
         if missed:
-            _log.warning("standing statistics: %d moving statistics not made by networks.batch_norm "
+            _log.warning("standing statistics: %d moving statistics not made by layers.batch_norm "
                          "or a Keras BatchNormalization in keras_network keep their checkpoint "
                          "values (%s)", len(missed), ", ".join(missed[:3]))
         restore = v1.train.Saver(v1.global_variables())
