@@ -1,7 +1,7 @@
 """What each command of the command line does (`cli` parses the arguments), and how a failure
 becomes one line: an `estimator_gan.Error` prints `error: <message>` and exits with its code;
 an environment failure (`runtime.failures`) likewise; anything else is a bug and keeps its
-traceback. `--debug` shows every traceback.
+traceback. `--debug` prints the traceback before the line, with the same exit code.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 import tensorflow as tf
@@ -103,9 +104,14 @@ def _export_and_report(gan: GAN, export_dir: str, checkpoint=None, generator_onl
     result = gan.export(export_dir, checkpoint_path=checkpoint, tflite=tflite,
                         generator_only=generator_only)
     standing = result.info.get("standing_statistics")
+    kept = standing.get("kept") if standing else None
     print(f"exported step {result.global_step} as version {result.version}"
           + (f" (batch-norm statistics of {standing['layers']} layers recomputed over "
              f"{standing['batches']}x{standing['batch_size']} samples)" if standing else ""))
+    if kept:
+        print(f"  note: {len(kept)} moving statistics kept their checkpoint values (batch norm not "
+              f"made by layers.batch_norm or a Keras BatchNormalization in keras_network): "
+              f"{', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}")
     for part in (GENERATOR, DISCRIMINATOR, TFLITE):
         path = getattr(result, part)
         if path:
@@ -296,9 +302,7 @@ def run(command: str, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - turned into one line unless --debug
-        if getattr(args, "debug", False):
-            raise
+    except Exception as err:  # noqa: BLE001 - turned into one line (after the traceback with --debug)
         if isinstance(err, Error):
             message, code = str(err) or type(err).__name__, err.exit_code
         else:
@@ -306,5 +310,7 @@ def run(command: str, args) -> int:
             if described is None:
                 raise
             message, code = described
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         print(f"error: {message.strip().splitlines()[0]}", file=sys.stderr)
         return code

@@ -563,16 +563,20 @@ def config_path(name_or_path: str) -> str:
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (a path or a shipped config's name; the defaults when None) and
-    apply dotted overrides."""
+    apply dotted overrides. An empty file (or one of comments only) is refused: `{}` asks for
+    the defaults explicitly."""
     tree: Dict[str, Any] = {}
     if path is not None:
         path = config_path(path)
         try:
-            tree = yaml.safe_load(fileio.read_text(path)) or {}
+            tree = yaml.safe_load(fileio.read_text(path))
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not a text file") from None
+        if tree is None:  # an empty file: a mistake, not a wish for the default job
+            raise ConfigError(f"config file {path} is empty (no settings): add settings, or give "
+                              f"no config file to run the default job")
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return config_from_dict(tree, overrides)

@@ -24,9 +24,12 @@ from PIL import Image
 
 from conftest import REPO_ROOT, tiny_config
 from estimator_gan import checkpoints, cli
+from estimator_gan import memory as memory_lib
 from estimator_gan import config as config_lib
 from estimator_gan.errors import ModelDirLocked
 from estimator_gan.gan import GAN
+from estimator_gan.model import gan as gan_lib
+from estimator_gan.runtime import loop
 from estimator_gan.runtime import failures
 from estimator_gan.runtime import model_dir as model_dir_lib
 from test_cli import TINY, run_train
@@ -169,6 +172,45 @@ def test_sigint_saves_and_exits_130(tmp_path):
     stopped = [line for line in read(out).splitlines() if line.startswith("stopped by SIGINT")]
     assert stopped and "Traceback" not in read(out), read(out)
     assert assert_model_dir_intact(model_dir) == int(stopped[0].split()[5])
+
+
+def test_sigterm_during_start_up_exits_0_with_a_line(tmp_path):
+    """SIGTERM before training's own handler is up (here: while the config's generator module
+    is imported) exits 0 with a line, as documented, not 143 in silence. The module blocks on a
+    FIFO, so the signal lands in start-up whatever the host's speed."""
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    (tmp_path / "startup_blocker.py").write_text(
+        f"open({fifo!r}).read()  # start-up waits here until the test writes\n"
+        "from custom_nets import v1_generator as generator\n")
+    model_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO_ROOT, "tests"), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--model-dir", str(model_dir),
+         "--set", "model.generator_fn=startup_blocker:generator", *TINY],
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = []
+
+    def blocked_in_start_up():
+        assert proc.poll() is None, proc.communicate()
+        try:
+            writer.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO until it reads
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(blocked_in_start_up, what="start-up to reach the config's generator module")
+        proc.send_signal(signal.SIGTERM)
+        os.close(writer.pop())  # unblock, should the signal not have ended it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert err.strip().splitlines() == [
+        "SIGTERM received outside the training loop: exiting; nothing unsaved was lost"], err
+    assert not model_dir.exists()
 
 
 def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
@@ -337,6 +379,45 @@ def test_model_too_large_for_memory_is_refused_before_anything_is_written(tmp_pa
     assert not model_dir.exists(), message
 
 
+def test_batch_too_large_for_memory_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """The default job at data.batch_size=100000 under a 10 GiB limit died of std::bad_alloc
+    (exit 134) after writing ckpt-0; the step's memory is estimated from the graph first."""
+    limit = memory_lib.Memory(10 << 30, "its cgroup's memory limit")
+    monkeypatch.setattr(memory_lib, "available", lambda: limit)
+    model_dir = tmp_path / "m"
+    code = cli.main(["train", "--model-dir", str(model_dir), "--set", "data.batch_size=100000"])
+    message = assert_one_line_error(code, capsys.readouterr().err,
+                                    "error: data.batch_size=100000 needs about ", " GiB per training step",
+                                    "more than 80% of its cgroup's memory limit, 10.0 GiB: lower "
+                                    "data.batch_size (about ")
+    assert not model_dir.exists(), message
+    fits = int(message.split("(about ")[1].split()[0])
+    assert 20000 < fits < 50000, message  # measured: about 183 KB per example for this model
+    default = loop.check_model_size(gan_lib.GANParts.from_params({"config": config_lib.resolve(
+        config_lib.load_config(None, [f"data.batch_size={fits}"]))}), limit)
+    assert default.variable_bytes + default.step_bytes <= 0.8 * limit.bytes
+
+
+def test_memory_limit_is_read_from_the_cgroup(tmp_path):
+    proc = tmp_path / "cgroup"
+    v1_dir = tmp_path / "fs" / "memory" / "job" / "task"
+    v1_dir.mkdir(parents=True)
+    proc.write_text("4:memory:/job/task\n1:cpu:/\n")
+    (v1_dir / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # unlimited
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) is None
+    (v1_dir.parent / "memory.limit_in_bytes").write_text(f"{10 << 30}\n")  # the job's limit binds
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) == 10 << 30
+    v2_dir = tmp_path / "fs" / "user.slice" / "job"
+    v2_dir.mkdir(parents=True)
+    proc.write_text("0::/user.slice/job\n")
+    (v2_dir / "memory.max").write_text("max\n")
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) is None
+    (v2_dir / "memory.max").write_text(f"{3 << 30}\n")
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) == 3 << 30
+    assert memory_lib.cgroup_limit(str(tmp_path / "missing"), str(tmp_path / "fs")) is None
+    assert memory_lib.available().bytes <= memory_lib.physical_bytes()
+
+
 def test_empty_image_folder(tmp_path, capsys):
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "notes.txt").write_text("no images here")
@@ -408,6 +489,24 @@ def test_mixed_sizes_are_resized_and_corrupt_files_skipped_with_a_count(trained_
     assert assert_model_dir_intact(model_dir) == 2
 
 
+def test_skipped_files_are_noted_once(trained_dir):
+    """The training input and the sample pictures read the same folder; the note is said once."""
+    _, code, _, err = trained_dir
+    assert code == 0, err
+    assert err.count("skipped 1 undecodable files") == 1, err
+
+
+def test_npy_source_smaller_than_one_batch_trains_with_a_note(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.RandomState(0).normal(size=(5, 2)).astype(np.float32))
+    code, out, err = cli_train(capsys, tmp_path / "m", "--set", "data.source=npy", "--set",
+                               f"data.path={tmp_path / 'x.npy'}", "--set", "model.architecture=mlp",
+                               "--max-steps", "2")
+    assert code == 0, err
+    assert "done: step 2" in out
+    assert err.count("note: npy has 5 examples, fewer than one batch (data.batch_size=16): every "
+                     "batch repeats them") == 1, err
+
+
 def test_labels_out_of_range(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((20, 2), np.float32))
     np.save(tmp_path / "y.npy", np.arange(20) % 5)
@@ -437,6 +536,14 @@ def test_tfrecord_without_the_image_feature(tmp_path, capsys):
         writer.write(example.SerializeToString())
     assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--set", "data.source=tfrecord", "--set",
                                      f"data.path={path}")[::2], f"tfrecord: {path} has no feature 'image/encoded'")
+
+
+def test_file_that_is_not_a_tfrecord_gives_tensorflows_reason_only(tmp_path, capsys):
+    path = tmp_path / "x.tfrecord"
+    path.write_bytes(b"these bytes are not a TFRecord file at all")
+    message = assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--set", "data.source=tfrecord",
+                                               "--set", f"data.path={path}")[::2])
+    assert message == f"error: tfrecord: cannot read {path} (corrupted record at 0 (Is this even a TFRecord file?))"
 
 
 def test_checkpoint_of_a_different_architecture_without_its_config(trained_dir, tmp_path, capsys):

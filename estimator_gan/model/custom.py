@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 import tensorflow as tf
 
 from estimator_gan.errors import ConfigError, NetworkError
+from estimator_gan.model import layers
 
 v1 = tf.compat.v1
 
@@ -136,7 +137,9 @@ def keras_network(build_model: Callable) -> Callable:
     restore across the generator, discriminator and orchestrator Estimators). The model is
     called as `model(inputs, training=mode == TRAIN)`, or `model([inputs, labels], ...)` when
     `model.conditional` is set. In TRAIN mode its new updates (batch-norm moving statistics) go
-    to `UPDATE_OPS`, where the model_fns collect them for that role's update only.
+    to `UPDATE_OPS`, where the model_fns collect them for that role's update only, and each
+    `tf.keras.layers.BatchNormalization` reports its moving statistics and batch moments like
+    `layers.batch_norm`, so an export recomputes its statistics ("standing statistics").
     A discriminator may return logits `[B]` or `[B, 1]`. The generator EMA
     (`model.generator.ema_decay`) does not apply to a Keras generator: its weights bypass the
     variable-scope getter that PREDICT reads the EMA through, so it is skipped (with a warning).
@@ -158,6 +161,8 @@ def keras_network(build_model: Callable) -> Callable:
                 # variable names do not depend on which role a graph builds first.
                 tf.keras.backend.reset_uids()
                 per_graph[scope] = build_model(params) if takes_params else build_model()
+                for layer in _batch_norm_layers(per_graph[scope]):
+                    _report_batch_moments(layer)
             model = per_graph[scope]
             training = mode == tf.estimator.ModeKeys.TRAIN
             before = {id(u) for u in model.updates}
@@ -178,3 +183,34 @@ def keras_network(build_model: Callable) -> Callable:
     network.__module__ = build_model.__module__
     network.__doc__ = build_model.__doc__
     return network
+
+
+def _batch_norm_layers(model) -> list:
+    """The Keras batch-norm layers of a model or layer, nested ones included."""
+    modules = [model] + list(getattr(model, "submodules", ()))
+    return [m for m in modules if isinstance(m, tf.keras.layers.BatchNormalization)]
+
+
+def _report_batch_moments(layer) -> None:
+    """Make a Keras batch-norm layer add, on each training-mode call, its moving statistics and
+    the batch's moments (population variance) to the `layers.BATCH_NORM_*` collections, as
+    `layers.batch_norm` does: the standing statistics of an export read them. Layers that
+    normalise otherwise (renorm, virtual batches, several axes, frozen) report nothing."""
+    original = layer.call
+
+    def call(inputs, *args, **kwargs):
+        outputs = original(inputs, *args, **kwargs)
+        training = kwargs.get("training", args[0] if args else None)
+        axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if (training is True and layer.trainable and not layer.renorm and len(axes) == 1
+                and layer.virtual_batch_size is None):
+            rank = inputs.shape.rank
+            channel = axes[0] % rank
+            mean, variance = tf.nn.moments(tf.cast(inputs, tf.float32),
+                                           [i for i in range(rank) if i != channel])
+            for key, value in zip(layers.BATCH_NORM_COLLECTIONS,
+                                  (layer.moving_mean, layer.moving_variance, mean, variance)):
+                v1.add_to_collection(key, value)
+        return outputs
+
+    layer.call = call
