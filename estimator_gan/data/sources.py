@@ -24,6 +24,7 @@ import io
 import os
 import re
 import struct
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, replace

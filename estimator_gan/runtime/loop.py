@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, NamedTuple, Optional, Tuple
 
