@@ -11,6 +11,7 @@ from estimator_gan import config as config_lib
 from estimator_gan.errors import ConfigError
 from estimator_gan.gan import GAN
 from estimator_gan.model import gan as gan_lib
+from estimator_gan.model import layers
 from estimator_gan.serving.saved_model import load_generator
 
 v1 = tf.compat.v1
@@ -230,3 +231,31 @@ def test_packing_feeds_discriminator_groups_of_samples(tmp_path):
     assert tf.train.load_variable(ckpt, "discriminator/block1/shortcut/kernel").shape == (1, 1, 6, 8)
     assert int(tf.train.load_variable(ckpt, "global_step")) == 1
     assert gan.generate(2).shape == (2, 32, 32, 3)
+
+
+def _normalising_generator(noise, labels, mode, params):
+    """Batch norm of the noise itself: its refreshed statistics are the noise's moments."""
+    return layers.batch_norm(noise, mode == TRAIN, "bn")
+
+
+def test_large_generators_refresh_their_ema_statistics_in_chunks(monkeypatch):
+    config = config_lib.load_config(None, [
+        "data.source=mixture2d", "model.architecture=mlp", "model.sample_shape=[4]", "model.z_dim=4",
+        "model.conditional=true", "model.num_classes=3"])
+    parts = gan_lib.GANParts.from_params({"config": config, "generator_fn": _normalising_generator})
+    monkeypatch.setattr(gan_lib, "REFRESH_CHUNK_BYTES", 256 * gan_lib.activation_bytes(parts))
+    assert gan_lib.refresh_chunk(parts) == 256
+    with tf.Graph().as_default():
+        key = gan_lib.run_key(config)
+        refresh = gan_lib.refresh_statistics(parts, key)
+        noise = tf.concat([gan_lib.stateless_normal([256, 4], gan_lib.fold(key, -1, i))
+                           for i in range(4)], axis=0)
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            session.run(refresh)
+            mean, variance = session.run([v1.global_variables(f"generator/bn/moving_{s}/") [0]
+                                          for s in ("mean", "variance")])
+            expected = session.run(noise)
+    # The 1,024 samples' mean and population variance, from four calls of 256.
+    np.testing.assert_allclose(mean, expected.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(variance, expected.var(axis=0), rtol=1e-4)
