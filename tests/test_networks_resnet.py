@@ -259,3 +259,23 @@ def test_large_generators_refresh_their_ema_statistics_in_chunks(monkeypatch):
     # The 1,024 samples' mean and population variance, from four calls of 256.
     np.testing.assert_allclose(mean, expected.mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(variance, expected.var(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("resample", ["up", "down"])
+def test_resampling_convolutions_equal_the_papers_composition(resample):
+    """One stride-2 4x4 (transposed) convolution computes nearest up-sampling then a 3x3 conv,
+    or a 3x3 conv then 2x2 average pooling, with the 3x3 kernel's variables."""
+    with tf.Graph().as_default(), v1.Session() as session:
+        x = tf.constant(np.random.RandomState(1).randn(2, 6, 6, 5).astype(np.float32))
+        with v1.variable_scope("net"):
+            fused = layers.conv2d(x, 7, "conv", 3, 1, v1.random_normal_initializer(), resample=resample)
+        kernel, bias = v1.global_variables("net/conv/")
+        assert kernel.shape.as_list() == [3, 3, 5, 7] and bias.shape.as_list() == [7]
+        if resample == "up":
+            plain = tf.nn.conv2d(layers.upsample(x), kernel, 1, "SAME") + bias
+        else:
+            plain = layers.downsample(tf.nn.conv2d(x, kernel, 1, "SAME") + bias)
+        session.run(v1.global_variables_initializer())
+        fused, plain = session.run([fused, plain])
+    assert fused.shape == plain.shape == ((2, 12, 12, 7) if resample == "up" else (2, 3, 3, 7))
+    np.testing.assert_allclose(fused, plain, atol=1e-5)
