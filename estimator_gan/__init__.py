@@ -41,9 +41,11 @@ _EXPORTS = {
     "digits_input_fn": "estimator_gan.input_fns",
     "mixture_input_fn": "estimator_gan.input_fns",
     "mnist_input_fn": "estimator_gan.input_fns",
+    "stacked_mnist_input_fn": "estimator_gan.input_fns",
     "images_input_fn": "estimator_gan.input_fns",
     "tfrecord_input_fn": "estimator_gan.input_fns",
     "npy_input_fn": "estimator_gan.input_fns",
+    "tfds_input_fn": "estimator_gan.input_fns",
     # serving
     "noise_receiver_fn": "estimator_gan.model.signatures",
     "generator_receiver_fn": "estimator_gan.model.signatures",

@@ -27,7 +27,9 @@ def _add_common(parser: argparse.ArgumentParser, overrides_help: str):
 
 def train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a YAML config file, or the name of a shipped config "
-                                         "(digits_dcgan, mnist_dcgan, mixture_ring, mixture_grid); "
+                                         "(digits_dcgan, mnist_dcgan, mnist_unconditional, stacked_mnist, "
+                                         "mixture_ring, mixture_grid, "
+                                         "cifar10_sngan, celeba64); "
                                          "default: the built-in default job")
     _add_common(parser, "override a config value, e.g. --set train.max_steps=5000 (repeatable)")
     parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,

@@ -224,8 +224,9 @@ def evaluate_command(args) -> int:
             record = evaluate.evaluate_checkpoint(gan.generate, metrics, path, estimator_eval)
             evaluate.append_history(args.model_dir, record)
             print(f"step {record['step']}: {report.format_inline(record)}", flush=True)
+    where = metrics.info.get("classifier") or metrics.info.get("graph")
     print(f"\n{record['num_samples']} samples, features: {metrics.info['kind']}"
-          + (f" ({metrics.info['classifier']})" if "classifier" in metrics.info else ""))
+          + (f" ({where})" if where else ""))
     print(report.format_table(record))
     record["feature_extractor"] = metrics.info
     output = evaluate.write_result(args.output or fileio.join(args.model_dir, evaluate.RESULT_FILE), record)

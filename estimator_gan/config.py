@@ -96,6 +96,39 @@ class SplitConfig(_Strict):
         return self.model_copy(update={"part": "second" if self.part == "first" else "first"})
 
 
+class TfdsConfig(_Strict):
+    """A TensorFlow Datasets data set (`data.source: tfds`; needs `pip install estimator-gan[tfds]`).
+
+    The data set must already be prepared in `data_dir`: with `download: false` (the default) a
+    job never downloads by surprise, and a missing data set stops it with a one-line error that
+    says how to get it (`download: true` once, or `tfds build <name> --data_dir <dir>`).
+    """
+
+    name: Optional[str] = Field(
+        None, description="TFDS data set name, optionally with config and version "
+                          "(e.g. `cifar10`, `celeb_a`, `mnist:3.0.1`).")
+    split: str = Field("train", description="TFDS split, with TFDS slicing (e.g. `train`, `train[:90%]`, `train+test`).")
+    data_dir: Optional[str] = Field(
+        None, description="Where TFDS data sets are prepared (null: TFDS's default, "
+                          "`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).")
+    download: bool = Field(
+        False, description="Download and prepare the data set if it is not in data_dir yet (for a "
+                           "distributed job, prepare it first: every process would download).")
+    image_key: str = Field("image", description="Feature holding the image (a TFDS Image feature).")
+    label_key: Optional[str] = Field(
+        "label", description="ClassLabel feature used as the label (null: unlabelled, e.g. for celeb_a).")
+
+
+class StackedConfig(_Strict):
+    """Stacked MNIST (`data.source: stacked_mnist`): each example is three MNIST digits drawn
+    independently and stacked as the R, G, B channels; a mode is the triple of digit classes
+    (1,000 in all). The digits come from the `mnist` source's files (`data.path`), after
+    `data.split`, so a split keeps the evaluation's digits apart from the GAN's."""
+
+    num_examples: int = Field(100_000, ge=1, description="Stacks drawn (uint8, 2.35 KB each at 28 px).")
+    seed: int = Field(0, description="Seed of the choice of digit triples (the same seed, the same data set).")
+
+
 class DataConfig(_Strict):
     """Where real examples come from and how they are batched.
 
@@ -107,7 +140,10 @@ class DataConfig(_Strict):
         "digits", description="Where real examples come from: "
                               + ", ".join(f"`{n}`" for n in sources.names())
                               + " (see the README's data sources).")
-    path: Optional[str] = Field(None, description="File or folder for mnist/images/tfrecord/npy.")
+    path: Optional[str] = Field(
+        None, description="File or folder for mnist/stacked_mnist/images/tfrecord/npy; mnist and "
+                          "stacked_mnist without it use Keras' cache `~/.keras/datasets/mnist.npz` "
+                          "(fetched once when online).")
     labels_path: Optional[str] = Field(None, description="npy: optional label array file.")
     image_size: Optional[int] = Field(
         None, ge=4, description="Resize images to this square size (default: per source).")
@@ -121,6 +157,8 @@ class DataConfig(_Strict):
     label_key: Optional[str] = Field(
         "image/class/label", description="tfrecord: int64 label feature (null: unlabelled).")
     mixture: MixtureConfig = MixtureConfig()
+    tfds: TfdsConfig = TfdsConfig()
+    stacked: StackedConfig = StackedConfig()
     split: Optional[SplitConfig] = Field(
         None, description="Use one part of a seeded split of the examples (not for tfrecord).")
 
@@ -141,6 +179,12 @@ class DataConfig(_Strict):
         if v is not None and v not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _tfds_needs_a_name(self):
+        if self.source == "tfds" and not self.tfds.name:
+            raise ValueError("data.source tfds needs data.tfds.name, the TFDS data set (e.g. cifar10)")
+        return self
 
 
 class GeneratorConfig(_Strict):
@@ -177,6 +221,10 @@ class DiscriminatorConfig(_Strict):
     packing: int = Field(
         1, ge=1, description="PacGAN: D judges groups of this many samples at once (concatenated "
                              "along the last axis), which penalises mode collapse.")
+    minibatch_stddev: bool = Field(
+        False, description="ProGAN's minibatch standard deviation: before its last layer D sees "
+                           "one more feature, the batch's mean feature standard deviation, which "
+                           "penalises too-similar samples.")
 
 
 class ModelConfig(_Strict):
@@ -330,6 +378,16 @@ class EvalConfig(_Strict):
     every_checkpoints: int = Field(0, ge=0, description="Evaluate every n-th checkpoint while training (0: off).")
     num_samples: int = Field(1000, ge=10, description="Generated samples, and real reference samples.")
     eval_batches: int = Field(20, ge=1, description="Batches of the Estimator EVAL pass (losses, D accuracy).")
+    features: Literal["auto", "classifier", "pixels", "inception"] = Field(
+        "auto", description="Feature space of FID/KID for images: classifier (trained on the data's "
+                            "labels), pixels (random projection), inception (the reference "
+                            "Inception graph, as papers); auto: classifier if labelled, else pixels.")
+    inception_graph: Optional[str] = Field(
+        None, description="classify_image_graph_def.pb of inception-2015-12-05 (default: "
+                          "~/.keras/models/inception-2015-12-05/...); downloaded there if missing.")
+    inception_url: Optional[str] = Field(
+        None, description="Where to download the Inception graph's .tgz from (default: "
+                          "TensorFlow's download site).")
     classifier_epochs: int = Field(3, ge=1, description="Training epochs of the offline feature classifier.")
     classifier_cache: Optional[str] = Field(
         None, description="Feature classifier .keras file (default: <model_dir>/eval/feature_classifier-<hash>.keras).")
@@ -399,6 +457,17 @@ class Config(_Strict):
         if self.data.batch_size % packing:
             raise ValueError(f"data.batch_size ({self.data.batch_size}) must be a multiple of "
                              f"model.discriminator.packing ({packing})")
+        return self
+
+    @model_validator(mode="after")
+    def _features_fit_data(self):
+        if self.data.source == "mixture2d" and self.eval.features != "auto":
+            raise ValueError(f"eval.features {self.eval.features!r} applies to images; 2D mixture "
+                             "samples are judged against their modes (leave eval.features auto)")
+        if self.data.source == "stacked_mnist" and self.eval.features != "auto":
+            raise ValueError(f"eval.features {self.eval.features!r} does not apply to stacked_mnist, "
+                             "whose samples are judged by their modes with the digit classifier "
+                             "(leave eval.features auto)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

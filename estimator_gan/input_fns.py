@@ -41,12 +41,23 @@ def mixture_input_fn(kind: str = "ring", modes: int = 8, radius: float = 2.0, st
     return input_fn_for("mixture2d", training, seed, batch_size=batch_size, mixture=mixture, **options)
 
 
-def mnist_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
-                   training: bool = True, seed: Optional[int] = None, **options) -> Callable:
+def mnist_input_fn(path: Optional[str] = None, batch_size: int = 64,
+                   image_size: Optional[int] = None, training: bool = True,
+                   seed: Optional[int] = None, **options) -> Callable:
     """MNIST-format files: a folder of IDX files (`.gz` or not), one IDX images file, or an
-    `mnist.npz`; with labels."""
+    `mnist.npz`; with labels. Without `path`, Keras' cache `~/.keras/datasets/mnist.npz`
+    (fetched once when online)."""
     return input_fn_for("mnist", training, seed, path=path, batch_size=batch_size,
                     image_size=image_size, **options)
+
+
+def stacked_mnist_input_fn(path: Optional[str] = None, num_examples: int = 100_000,
+                           stacked_seed: int = 0, batch_size: int = 64, training: bool = True,
+                           seed: Optional[int] = None, **options) -> Callable:
+    """Stacked MNIST: three MNIST digits (from `path`, as `mnist_input_fn` takes it) as R, G, B;
+    `num_examples` stacks chosen with `stacked_seed`; label = 100 r + 10 g + b."""
+    return input_fn_for("stacked_mnist", training, seed, path=path, batch_size=batch_size,
+                        stacked=dict(num_examples=num_examples, seed=stacked_seed), **options)
 
 
 def images_input_fn(path: str, batch_size: int = 64, image_size: Optional[int] = None,
@@ -72,3 +83,18 @@ def npy_input_fn(path: str, labels_path: Optional[str] = None, batch_size: int =
     """A `.npy`/`.npz` array: `(N, 2)` points or `(N, H, W[, C])` images, optional labels."""
     return input_fn_for("npy", training, seed, path=path, labels_path=labels_path,
                     batch_size=batch_size, **options)
+
+
+def tfds_input_fn(name: str, split: str = "train", data_dir: Optional[str] = None,
+                  download: bool = False, image_key: str = "image", label_key: Optional[str] = "label",
+                  batch_size: int = 64, image_size: Optional[int] = None,
+                  channels: Optional[int] = None, training: bool = True,
+                  seed: Optional[int] = None, **options) -> Callable:
+    """A TensorFlow Datasets data set (`pip install estimator-gan[tfds]`), prepared in
+    `data_dir` (or downloaded first with `download=True`): the image feature `image_key`, center-
+    cropped and resized to `image_size` (default: its own size when square, else 64), with the
+    ClassLabel `label_key` as labels (None: unlabelled)."""
+    tfds = dict(name=name, split=split, data_dir=data_dir, download=download,
+                image_key=image_key, label_key=label_key)
+    return input_fn_for("tfds", training, seed, tfds=tfds, batch_size=batch_size,
+                        image_size=image_size, channels=channels, **options)

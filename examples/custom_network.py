@@ -2,8 +2,9 @@
 
     python examples/custom_network.py --steps 2000 --model-dir runs/custom_mnist
 
-Reads the MNIST IDX files at ../shared/data/mnist relative to the repository (or --data), trains
-with the orchestrated loop, and writes 16 samples to <model-dir>/generated.png.
+Reads MNIST from --data (a folder of IDX files or an mnist.npz) or, without it, from Keras' cache
+~/.keras/datasets/mnist.npz (fetched once when online), trains with the orchestrated loop, and
+writes 16 samples to <model-dir>/generated.png.
 """
 import argparse
 import os
@@ -14,7 +15,6 @@ from PIL import Image
 
 import estimator_gan as eg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 layers = tf.keras.layers
 
 
@@ -40,13 +40,14 @@ def build_discriminator(params):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "mnist"))
+    parser.add_argument("--data", default=None, help="MNIST IDX folder or mnist.npz (default: Keras' cache)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--model-dir", default=os.path.join("runs", "custom_mnist"))
     args = parser.parse_args()
 
     config = eg.load_config("mnist_dcgan",
-                            [f"data.path={args.data}", f"train.max_steps={args.steps}",
+                            ([f"data.path={args.data}"] if args.data else [])
+                            + [f"train.max_steps={args.steps}",
                              "train.max_minutes=null", "model.conditional=false",
                              # Keras networks: no generator EMA (see eg.keras_network), and no
                              # in-training metrics (their eager Keras classifier cannot share a

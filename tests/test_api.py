@@ -297,7 +297,8 @@ def test_custom_loss_example_runs(tmp_path):
 def test_custom_network_example_runs_on_mnist(tmp_path):
     if not os.path.isdir(SHARED_MNIST):
         pytest.skip(f"MNIST files not found at {SHARED_MNIST}")
-    out = _run_example("custom_network.py", "--steps", "3", "--model-dir", str(tmp_path))
+    out = _run_example("custom_network.py", "--steps", "3", "--model-dir", str(tmp_path),
+                       "--data", SHARED_MNIST)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "done: step 3" in out.stdout
     assert (tmp_path / "generated.png").is_file()

@@ -50,11 +50,17 @@ def test_train_throughput_smoke():
 
 
 def test_input_pipeline_smoke():
-    record, _ = run_smoke("input_pipeline.py")
+    record, _ = run_smoke("input_pipeline.py", timeout=600)
     sources = record["sources"]
     assert {"digits", "mixture2d", "npy", "images", "tfrecord", "images (no cache)"} <= set(sources)
     assert all(s["pipeline_examples_per_s"] > 0 and s["training_examples_per_s"] > 0 for s in sources.values())
     assert record["min_ratio"] == min(s["ratio"] for s in sources.values())
+    sized = record["image_sizes"]
+    assert set(sized) == {f"{source} {size}px{cache}" for source in ("tfds", "jpeg")
+                          for size in (64, 128) for cache in ("", " (no cache)")}
+    assert all(s["pipeline_images_per_s"] > 0 and s["ratio"] > 0 for s in sized.values())
+    assert record["training_64px_images_per_s"] > 0
+    assert record["min_ratio_64px"] == min(s["ratio"] for s in sized.values() if s["image_size"] == 64)
 
 
 def test_serving_smoke():

@@ -214,7 +214,7 @@ def test_evaluate_refuses_a_directory_that_is_not_a_model_dir(tmp_path, capsys):
     assert "has no config.yaml" in capsys.readouterr().err
 
 
-def test_unlabelled_images_use_the_fallback_features(tmp_path):
+def test_unlabelled_images_use_the_pixel_features(tmp_path):
     digits, _ = pipeline.load_examples(tiny_config("data.source=digits", "data.image_size=8").data)
     path = str(tmp_path / "digits.npy")
     np.save(path, digits)
@@ -223,7 +223,7 @@ def test_unlabelled_images_use_the_fallback_features(tmp_path):
     sample_metrics = ev.SampleMetrics(config_lib.resolve(config), str(tmp_path))
     noise = np.random.default_rng(0).uniform(-1, 1, (200, 8, 8, 1))
     model, reference = sample_metrics(noise)
-    assert sample_metrics.kind == "fallback" and "classifier_score" not in model
+    assert sample_metrics.kind == "pixels" and "classifier_score" not in model
     assert set(model) == set(reference) == {"frechet_distance", "kid", "kid_std"}
     assert model["frechet_distance"] > 10 * reference["frechet_distance"]
     assert model["kid"] > reference["kid"]

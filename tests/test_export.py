@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import config_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import REPO_ROOT, array_input_fn, tiny_config, tiny_images
 from estimator_gan import cli
@@ -66,6 +67,58 @@ def test_layout_signatures_and_assets(trained):
     assert set(signatures["noise"].outputs) == {"samples", "images", "png_bytes"}
     d_signature = saved_model.signature_defs(result.discriminator)["serving_default"]
     assert set(d_signature.inputs) == {"samples"} and set(d_signature.outputs) == {"logits", "probabilities"}
+
+
+def _replay_warmup(saved_model_dir):
+    """Read `assets.extra/tf_serving_warmup_requests` back as PredictionLog records and run each
+    request against the SavedModel loaded as TF Serving loads it (TF1 loader, one Session).
+    Returns {signature name: {output name: array}}, checking each output against its signature."""
+    path = os.path.join(saved_model_dir, "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(record)
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    defs = saved_model.signature_defs(saved_model_dir)
+    requests = [log.predict_log.request for log in logs]
+    assert sorted(r.model_spec.signature_name for r in requests) == sorted(defs)
+    results = {}
+    with v1.Session(graph=tf.Graph()) as session:
+        v1.saved_model.loader.load(session, ["serve"], saved_model_dir)
+        for request in requests:
+            name = request.model_spec.signature_name
+            signature = defs[name]
+            assert set(request.inputs) == set(signature.inputs), name
+            feeds = {signature.inputs[k].name: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            out = session.run({k: v.name for k, v in signature.outputs.items()}, feeds)
+            for key, value in out.items():
+                expected = tf.TensorShape(signature.outputs[key].tensor_shape)
+                assert expected.is_compatible_with(value.shape), (name, key, value.shape, expected)
+                assert value.shape[0] == signatures.EXAMPLE_BATCH, (name, key, value.shape)
+                assert value.dtype == tf.dtypes.as_dtype(signature.outputs[key].dtype).as_numpy_dtype
+            results[name] = out
+    return results
+
+
+def test_every_export_carries_warmup_requests_that_replay_against_it(trained):
+    _, result, _ = trained
+    generated = _replay_warmup(result.generator)
+    assert set(generated) == {"serving_default", "noise", "seed", "seed_truncated"}
+    for name, out in generated.items():
+        assert out["samples"].shape == (2, 8, 8, 1) and np.all(np.isfinite(out["samples"])), name
+        assert out["images"].shape == (2, 8, 8, 1) and out["png_bytes"].shape == (2,), name
+        assert out["png_bytes"][0].startswith(b"\x89PNG"), name
+    judged = _replay_warmup(result.discriminator)
+    assert set(judged) == {"serving_default"}
+    probabilities = judged["serving_default"]["probabilities"]
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_warmup_examples_fit_export_max_count_and_unknown_inputs_are_named():
+    small = signatures.example_inputs(tiny_config("export.max_count=1", "model.conditional=true",
+                                                  "model.num_classes=3"),
+                                      ["noise", "seed", "count", "labels", "samples"])
+    assert small["count"] == 1 and small["noise"].shape == (1, 8) and small["labels"].shape == (1,)
+    assert small["samples"].shape == (1, 8, 8, 1) and small["seed"].dtype == np.int64
+    with pytest.raises(ExportError, match="signature input 'image' has no example value"):
+        signatures.example_inputs(tiny_config(), ["noise", "image"])
 
 
 def test_generator_export_holds_only_generator_variables(trained):
@@ -346,6 +399,9 @@ def test_conditional_model_signatures_take_labels(tmp_path):
     assert set(signatures["noise"].inputs) == {"noise", "labels"}
     assert set(signatures["seed"].inputs) == {"seed", "count", "labels"}
     assert set(saved_model.signature_defs(result.discriminator)["serving_default"].inputs) == {"samples", "labels"}
+    warm = _replay_warmup(result.generator)
+    assert set(warm) == {"serving_default", "noise", "seed", "seed_truncated"}
+    assert _replay_warmup(result.discriminator)["serving_default"]["logits"].shape[0] == 2
     served = saved_model.load_generator(result.generator)
     assert served.conditional and list(served.default_labels(4)) == [0, 1, 2, 0]
     assert served.from_seed(3, 4, labels=2)["samples"].shape == (4, 8, 8, 1)

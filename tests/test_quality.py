@@ -266,6 +266,24 @@ def test_packing_groups_consecutive_samples_for_the_discriminator():
         _conditional("model.discriminator.packing=2")
 
 
+# ------------------------------------------------------------------------- minibatch stddev
+
+
+@pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
+def test_minibatch_stddev_lets_the_discriminator_see_batch_diversity(architecture):
+    config = tiny_config("model.discriminator.minibatch_stddev=true", architecture=architecture)
+    shape = (4,) + tuple(config.model.sample_shape)
+    varied = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+    alike = np.repeat(varied[:1], 4, axis=0)
+    logits = _run_network(config, "discriminator", np.concatenate([varied, alike]), None)
+    apart = np.concatenate([_run_network(config, "discriminator", varied, None),
+                            _run_network(config, "discriminator", alike, None)])
+    # a sample's logit depends on the batch it is judged in: the same first sample, three ways
+    assert len({round(float(v), 5) for v in (logits[0], apart[0], apart[4])}) == 3
+    plain = _run_network(tiny_config(architecture=architecture), "discriminator", varied, None)
+    assert plain.shape == (4,)
+
+
 # ------------------------------------------------------------------------- shipped 2D config
 
 

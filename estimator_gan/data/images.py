@@ -1,5 +1,6 @@
 """Image conversions shared by the data sources and the input pipeline: decoding, channel
-conversion, centre crop and resize, and scaling to [-1, 1].
+conversion, centre crop and resize, and scaling to [-1, 1]; and the TF plumbing both use
+(a private session, host arrays as tensors).
 
 Images travel as uint8 (0..255) until the batch is formed and as float32 in [-1, 1] after.
 """
@@ -30,6 +31,14 @@ def drain(sess, fetch) -> Iterator:
             yield sess.run(fetch)
         except tf.errors.OutOfRangeError:
             return
+
+
+def host_tensor(array: np.ndarray) -> tf.Tensor:
+    """`array` as a tensor that is computed when the iterator is initialised (a py_func with
+    no inputs), so the data never becomes a constant of the graph."""
+    tensor = tf.numpy_function(lambda: array, [], tf.as_dtype(array.dtype), stateful=False)
+    tensor.set_shape(array.shape)
+    return tensor
 
 
 def square_resize(images, size: int):

@@ -13,16 +13,16 @@ What a caller must know:
   unshuffled epoch that drops the last partial batch.
 * `data.batch_size` is the global batch. Given an `input_context`, each input pipeline reads
   its own shard and yields per-replica batches.
-* **In memory** are the digits, mixture2d, mnist and npy sources, and image folders and
-  TFRecords when `data.cache` is on and the decoded examples fit in a quarter of the RAM (they
-  are decoded once, when the input_fn is made). Their training order is a pure function of
+* **In memory** are the digits, mixture2d, mnist and npy sources, and image folders, TFRecords
+  and TFDS data sets when `data.cache` is on and the decoded examples fit in a quarter of the
+  RAM (they are decoded once, when the input_fn is made). Their training order is a pure function of
   the seed: epoch `e` visits the examples in a stateless permutation keyed on `(seed, e)`, and
   the stream is cut into batches across epoch boundaries. `start_example` starts that stream
   at an exact position, which is how a resumed run continues the order of an uninterrupted
   one. The examples reach the graph once, when the iterator is initialised (never as graph
   constants, which would be copied into every checkpoint's meta graph); batches are then
   gathered by TensorFlow ops, without Python.
-* **Streamed** (files too large to keep): decoded as they are read, shuffled through a
+* **Streamed** (data too large to keep): decoded as they are read, shuffled through a
   buffer of `data.shuffle_buffer` examples. A resumed stream is reshuffled with a seed keyed on
   `start_example`, so no batch is systematically replayed, but the order is not the
   uninterrupted one.
@@ -79,8 +79,9 @@ def load_examples(cfg, limit: Optional[int] = None,
                   seed: Optional[int] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """The real examples as numpy `(features, labels or None)`, scaled like the pipeline.
 
-    In source order, or a seeded permutation when `seed` is given (tfrecord: a seeded shuffle
-    with `shuffle_buffer`); at most `limit` of them.
+    In source order, or a seeded permutation when `seed` is given (streamed sources other than
+    image folders, e.g. tfrecord and tfds: a seeded shuffle with `shuffle_buffer`); at most
+    `limit` of them.
     """
     src = sources.load(cfg, seed)
     if isinstance(src, sources.Arrays):
@@ -91,7 +92,7 @@ def load_examples(cfg, limit: Optional[int] = None,
     if seed is not None and src.source.name == "images":
         order = np.random.RandomState(seed).permutation(len(src.files))
         src = replace(src, files=tuple(src.files[k] for k in order))
-    shuffle = seed if src.source.name == "tfrecord" else None
+    shuffle = seed if src.source.name != "images" else None
     x, y = _decode(cfg, src, limit, shuffle)
     return image_lib.to_float(x), y
 
@@ -100,7 +101,7 @@ def decode_all(cfg, src: sources.Files) -> sources.Arrays:
     """Every example of a file source, decoded into memory (uint8 images, int32 labels)."""
     x, y = _decode(cfg, src, None, None)
     if not len(x):
-        raise DataError(f"{cfg.source}: no decodable examples in {cfg.path}")
+        raise DataError(f"{cfg.source}: no decodable examples in {src.source.describe(cfg)}")
     return sources.Arrays(x, y)
 
 
@@ -142,14 +143,6 @@ def _check_one_batch(cfg, training, count, shards, shard_id, batch) -> None:
                         f"{shards} cannot fill one batch of {batch}")
 
 
-def _host_tensor(array: np.ndarray) -> tf.Tensor:
-    """`array` as a tensor that is computed when the iterator is initialised (a py_func with
-    no inputs), so the data never becomes a constant of the graph."""
-    tensor = tf.numpy_function(lambda: array, [], tf.as_dtype(array.dtype), stateful=False)
-    tensor.set_shape(array.shape)
-    return tensor
-
-
 def epoch_permutation(count: int, seed: int, epoch) -> tf.Tensor:
     """A permutation of range(count), a pure function of (seed, epoch)."""
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
@@ -167,8 +160,8 @@ def _array_batches(cfg, src: sources.Arrays, training, seed, shards, shard_id, b
                 tf.cast(epoch_permutation(in_shard, seed, e), tf.int64))).skip(offset)
     else:
         positions = tf.data.Dataset.range(in_shard)
-    x = _host_tensor(src.x)
-    y = None if src.y is None else _host_tensor(src.y)
+    x = image_lib.host_tensor(src.x)
+    y = None if src.y is None else image_lib.host_tensor(src.y)
 
     def gather(position):
         index = position * shards + shard_id
@@ -181,15 +174,7 @@ def _array_batches(cfg, src: sources.Arrays, training, seed, shards, shard_id, b
 def _file_examples(cfg, src: sources.Files, shards, shard_id, shuffle_seed) -> tf.data.Dataset:
     """Single decoded examples (uint8 images, int32 labels) of this input pipeline's shard;
     the file order is reshuffled every epoch when `shuffle_seed` is given."""
-    files = tf.data.Dataset.from_tensor_slices(list(src.files))
-    shard_files = src.source.name == "images" or len(src.files) >= shards
-    if shard_files:
-        files = files.shard(shards, shard_id)
-    if shuffle_seed is not None and shard_files:  # record-level shards need one file order
-        files = files.shuffle(len(src.files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = src.source.examples(cfg, src, files)
-    if not shard_files:
-        ds = ds.shard(shards, shard_id)
+    ds = src.source.shard_examples(cfg, src, shards, shard_id, shuffle_seed)
     if cfg.on_corrupt == "skip":
         ds = ds.ignore_errors()
     return ds

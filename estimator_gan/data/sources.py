@@ -5,8 +5,9 @@
 and how to load and check the data (`load`), which returns either
 
 * `Arrays` — every example in memory (uint8 images, or float32 points), with labels or None; or
-* `Files` — files the input pipeline decodes as it goes (`examples` turns a dataset of file
-  names into uint8 images, or (image, label) pairs).
+* `Files` — examples the input pipeline reads and decodes as it goes: files (`examples` turns
+  a dataset of file names into uint8 images, or (image, label) pairs), or another stream that a
+  source reads itself (`shard_examples`, e.g. a TensorFlow Datasets split).
 
 Adding a source is one class in this file: subclass `Source`, set `name` (the `data.source`
 value) and `summary` (one line for the docs), implement `load` (and `sample_shape` /
@@ -86,6 +87,26 @@ class Source:
     def examples(self, cfg, src: Files, files: tf.data.Dataset) -> tf.data.Dataset:
         """`Files` sources: file names -> decoded uint8 examples (or (image, label) pairs)."""
         raise NotImplementedError
+
+    def shard_examples(self, cfg, src: Files, shards: int, shard_id: int,
+                       shuffle_seed: Optional[int]) -> tf.data.Dataset:
+        """`Files` sources: the decoded examples of input pipeline `shard_id` of `shards`, in
+        one pass; the file order is reshuffled every pass when `shuffle_seed` is given.
+
+        Files are sharded when there are enough of them (always for image folders), else the
+        records (every pipeline then reads every file, in one order, and keeps its share)."""
+        files = tf.data.Dataset.from_tensor_slices(list(src.files))
+        shard_files = self.name == "images" or len(src.files) >= shards
+        if shard_files:
+            files = files.shard(shards, shard_id)
+        if shuffle_seed is not None and shard_files:  # record-level shards need one file order
+            files = files.shuffle(len(src.files), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = self.examples(cfg, src, files)
+        return ds if shard_files else ds.shard(shards, shard_id)
+
+    def describe(self, cfg) -> str:
+        """Where the data of `cfg` is, for messages."""
+        return str(cfg.path)
 
     def split(self, cfg, src: Loaded) -> Loaded:
         """The part of `src` that `cfg.split` selects (examples, or image files)."""
@@ -210,7 +231,7 @@ class Mnist(Source):
         return 10
 
     def load(self, cfg, seed) -> Arrays:
-        path = require_path(cfg)
+        path = require_path(cfg) if cfg.path else keras_mnist_cache()
         parts = self._parts(path)
         labeled = [y is not None for _, y, _ in parts]
         if any(labeled) and not all(labeled):
@@ -281,6 +302,38 @@ class Mnist(Source):
         return parts
 
 
+def keras_mnist_cache() -> str:
+    """Where Keras keeps MNIST (`$KERAS_HOME` or `~/.keras`, then `datasets/mnist.npz`),
+    fetched there once by Keras' own loader when it is missing; `DataError` when that fails
+    (offline), naming the file and the alternative (`data.path`)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = os.path.join(home, "datasets", "mnist.npz")
+    if not os.path.isfile(path):
+        print(f"mnist: data.path is not set; fetching MNIST into {path} (once)", file=sys.stderr)
+        try:
+            tf.keras.datasets.mnist.load_data()
+        except Exception as err:  # noqa: BLE001 - any failure to fetch means the same to a user
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"mnist: data.path is not set and {path} could not be fetched "
+                            f"({reason}); put mnist.npz there or set data.path to a folder of "
+                            f"MNIST IDX files or an mnist.npz") from None
+        if not os.path.isfile(path):
+            raise DataError(f"mnist: fetching MNIST did not leave {path}; set data.path")
+    return path
+
+
+def stack_digits(x: np.ndarray, y: Optional[np.ndarray], count: int,
+                 seed: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Stacked MNIST from single-channel digits `x` [N, H, W, 1] (labels `y` [N] or None):
+    `count` images [count, H, W, 3], each three digits drawn independently and uniformly with
+    a RandomState(seed) as R, G, B, and the mode ids 100 r + 10 g + b (None without labels)."""
+    picks = np.random.RandomState(seed).randint(len(x), size=(count, 3))
+    stacks = np.concatenate([x[picks[:, c]] for c in range(3)], axis=-1)
+    modes = None if y is None else (100 * y[picks[:, 0]] + 10 * y[picks[:, 1]]
+                                    + y[picks[:, 2]]).astype(np.int32)
+    return stacks, modes
+
+
 def _read_idx(path: str, magic: int) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     try:
@@ -300,6 +353,36 @@ def _read_idx(path: str, magic: int) -> np.ndarray:
         raise DataError(f"mnist: {path} holds {len(data) - header} data bytes; its header "
                         f"{dims} needs {int(np.prod(dims))}")
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+@register
+class StackedMnist(Source):
+    name = "stacked_mnist"
+    summary = ("Stacked MNIST (VEEGAN, PacGAN): three MNIST digits as R, G, B, 28x28x3, from the "
+               "`mnist` source's files; 1,000 modes; label = 100 r + 10 g + b (`data.stacked`)")
+    default_image_size = 28
+    default_channels = 3
+
+    def sample_shape(self, cfg) -> Tuple[int, ...]:
+        size = cfg.image_size or self.default_image_size
+        return (size, size, 3)
+
+    def num_classes(self, cfg) -> Optional[int]:
+        return 1000
+
+    def load(self, cfg, seed) -> Arrays:
+        if cfg.channels not in (None, 3):
+            raise DataError(f"stacked_mnist: images have 3 channels, data.channels is {cfg.channels}")
+        digits = Mnist().load(cfg.model_copy(update={"channels": 1}), seed)
+        if cfg.split is not None:
+            picked = split_indices(cfg, len(digits.x))
+            digits = Arrays(digits.x[picked], None if digits.y is None else digits.y[picked])
+        x, y = stack_digits(digits.x, digits.y, cfg.stacked.num_examples, cfg.stacked.seed)
+        return Arrays(x, y)
+
+    def split(self, cfg, src: Loaded) -> Loaded:
+        """`data.split` divides the digits, before they are stacked (in `load`)."""
+        return src
 
 
 @register
@@ -540,3 +623,158 @@ def _npy_labels(cfg, path: str, key: Optional[str], count: int) -> Optional[np.n
 def _npz_member(path: str, name: str) -> Optional[np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         return npz[name] if name in npz.files else None
+
+
+TFDS_EXTRA = "pip install 'estimator-gan[tfds]'"
+
+
+@dataclass(frozen=True)
+class TfdsSplit(Files):
+    """A TensorFlow Datasets split, read by the `tfds` source itself (`files` is empty).
+    `keep` is None, or one bool per example of the split: the part `data.split` selects."""
+
+    keep: Optional[np.ndarray] = None
+
+
+@register
+class TensorFlowDatasets(Source):
+    name = "tfds"
+    summary = ("a TensorFlow Datasets data set (`data.tfds`: name, split, data_dir, download), "
+               "resized to `image_size`; labels from `label_key`; needs the `tfds` extra")
+    default_image_size = 64
+    default_channels = 3
+
+    def sample_shape(self, cfg) -> Tuple[int, ...]:
+        if cfg.image_size and cfg.channels:
+            return (cfg.image_size, cfg.image_size, cfg.channels)
+        height, width, channels = self._image_feature(cfg, self._builder(cfg)).shape
+        size = cfg.image_size or (height if height and height == width else self.default_image_size)
+        return (size, size, cfg.channels or (channels if channels in (1, 3) else self.default_channels))
+
+    def num_classes(self, cfg) -> Optional[int]:
+        if cfg.tfds.label_key is None:
+            return None
+        return int(self._label_feature(cfg, self._builder(cfg)).num_classes)
+
+    def describe(self, cfg) -> str:
+        return f"TFDS {cfg.tfds.name} split '{cfg.tfds.split}'"
+
+    def load(self, cfg, seed) -> TfdsSplit:
+        t = cfg.tfds
+        builder = self._builder(cfg)
+        self._image_feature(cfg, builder)
+        labeled = t.label_key is not None
+        if labeled:
+            self._label_feature(cfg, builder)
+        if t.download and not builder.is_prepared():
+            print(f"tfds: downloading and preparing {t.name} in {builder.data_dir_root} (once)",
+                  file=sys.stderr)
+            try:
+                builder.download_and_prepare()
+            except Exception as err:  # TFDS reports download trouble with many exception types
+                raise DataError(f"tfds: could not download and prepare {t.name} in "
+                                f"{builder.data_dir_root} ({type(err).__name__}: "
+                                f"{_first_line(err)})") from None
+        with image_lib.private_session() as sess:
+            count = int(sess.run(self._split_dataset(cfg, builder, None).cardinality()))
+        if count < 0:
+            raise DataError(f"tfds: the size of {self.describe(cfg)} is unknown")
+        if count == 0:
+            raise DataError(f"tfds: {self.describe(cfg)} holds no examples")
+        return TfdsSplit(self, (), self.sample_shape(cfg), labeled, count, True)
+
+    def split(self, cfg, src: Loaded) -> Loaded:
+        keep = np.zeros(src.count, bool)
+        keep[split_indices(cfg, src.count)] = True
+        return replace(src, keep=keep, count=int(keep.sum()))
+
+    def shard_examples(self, cfg, src: TfdsSplit, shards, shard_id, shuffle_seed) -> tf.data.Dataset:
+        """The split in TFDS's order (its files shuffled each pass when `shuffle_seed` is given
+        and there is one input pipeline), the `data.split` part, then every `shards`-th
+        example; images are decoded after sharding, so each pipeline decodes only its own."""
+        t = cfg.tfds
+        ds = self._split_dataset(cfg, self._builder(cfg), shuffle_seed if shards == 1 else None)
+        if src.keep is not None:
+            keep = image_lib.host_tensor(src.keep)
+            ds = ds.enumerate().filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
+        if shards > 1:
+            ds = ds.shard(shards, shard_id)
+        size, _, channels = src.shape
+
+        def decode(ex):
+            image = image_lib.decode_image(ex[t.image_key], size, channels)
+            return (image, tf.cast(ex[t.label_key], tf.int32)) if src.labeled else image
+
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # ------------------------------------------------------------------------------ TFDS
+
+    def _builder(self, cfg):
+        tfds = _tfds()
+        t = cfg.tfds
+        data_dir = os.path.expanduser(t.data_dir) if t.data_dir else None
+        try:
+            return tfds.builder(t.name, data_dir=data_dir)
+        except (ValueError, AssertionError, KeyError) as err:  # unknown name, config or version
+            raise DataError(f"tfds: cannot load data set {t.name!r} ({_first_line(err)})") from None
+
+    def _split_dataset(self, cfg, builder, shuffle_seed: Optional[int]) -> tf.data.Dataset:
+        """The split's examples, images still encoded."""
+        tfds = _tfds()
+        t = cfg.tfds
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+        try:
+            return builder.as_dataset(split=t.split, shuffle_files=shuffle_seed is not None,
+                                      decoders={t.image_key: tfds.decode.SkipDecoding()},
+                                      read_config=read_config)
+        except AssertionError:
+            if builder.is_prepared():
+                raise
+            where = builder.data_dir_root
+            raise DataError(
+                f"tfds: data set {t.name} is not prepared in {where} and data.tfds.download is "
+                f"false: download it once with --set data.tfds.download=true (or `tfds build "
+                f"{t.name} --data_dir {where}`)") from None
+        except ValueError as err:  # an unknown split or a bad slice
+            raise DataError(f"tfds: bad data.tfds.split {t.split!r} for {t.name} "
+                            f"({_first_line(err)})") from None
+
+    def _feature(self, cfg, builder, key: str, kind, setting: str):
+        features = builder.info.features
+        if key not in features:
+            raise DataError(f"tfds: {cfg.tfds.name} has no feature '{key}' (it has "
+                            f"{', '.join(features.keys())}); set {setting}")
+        feature = features[key]
+        if not isinstance(feature, kind):
+            raise DataError(f"tfds: feature '{key}' of {cfg.tfds.name} is a "
+                            f"{type(feature).__name__}, expected {kind.__name__}; set {setting}")
+        return feature
+
+    def _image_feature(self, cfg, builder):
+        feature = self._feature(cfg, builder, cfg.tfds.image_key, _tfds().features.Image,
+                                "data.tfds.image_key to its image feature")
+        if feature.np_dtype != np.uint8:
+            raise DataError(f"tfds: images '{cfg.tfds.image_key}' of {cfg.tfds.name} are "
+                            f"{feature.np_dtype}; only uint8 images are supported")
+        return feature
+
+    def _label_feature(self, cfg, builder):
+        return self._feature(cfg, builder, cfg.tfds.label_key, _tfds().features.ClassLabel,
+                             "data.tfds.label_key to a ClassLabel feature, or null for no labels")
+
+
+def _tfds():
+    """The `tensorflow_datasets` module, or a DataError that names the extra installing it."""
+    try:
+        # Imported here, not at the top: an optional dependency that only this source needs.
+        import tensorflow_datasets
+    except ImportError as err:
+        why = ("it is not installed" if isinstance(err, ModuleNotFoundError)
+               and err.name == "tensorflow_datasets" else f"import failed: {_first_line(err)}")
+        raise DataError(f"data.source tfds needs TensorFlow Datasets ({why}): {TFDS_EXTRA}") from None
+    return tensorflow_datasets
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -36,6 +36,8 @@ class FeatureClassifier:
         self.input_shape = tuple(int(d) for d in model.input_shape[1:])
         self.num_classes = int(model.output_shape[-1])
         self._feature_model = tf.keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output)
+        self._both_model = tf.keras.Model(model.inputs, [model.get_layer(FEATURE_LAYER).output,
+                                                         model.output])
 
     def _check(self, images) -> np.ndarray:
         _require_eager("FeatureClassifier")
@@ -57,6 +59,12 @@ class FeatureClassifier:
         images = self._check(images)
         out = self.model.predict(images, batch_size=batch_size, verbose=0)
         return np.asarray(out, dtype=np.float64)
+
+    def features_and_probabilities(self, images, batch_size: int = 256):
+        """`features` and `probabilities` of the same images in one pass (float64)."""
+        images = self._check(images)
+        feats, probs = self._both_model.predict(images, batch_size=batch_size, verbose=0)
+        return np.asarray(feats, dtype=np.float64), np.asarray(probs, dtype=np.float64)
 
     def accuracy(self, images, labels, batch_size: int = 256) -> float:
         """Top-1 accuracy on labelled images."""

@@ -3,9 +3,10 @@ export, and the per-checkpoint history of a model directory.
 
 What a caller must know:
 
-* `SampleMetrics(config, model_dir)` holds the real data and the feature network of one config;
-  calling it on samples gives the metrics and the reference (see its docstring). It loads data
-  and trains (or loads) the feature classifier on first use, which must be eager.
+* `SampleMetrics(config, model_dir)` holds the real data and the feature network of one config
+  (`eval.features`); calling it on samples gives the metrics and the reference (see its
+  docstring). It loads data and trains (or loads) the feature classifier, or loads the
+  Inception graph, on first use, which must be eager.
 * Samples come from a *sampling callable*, `generate(count, seed=..., checkpoint_path=...)`
   (e.g. `GAN.generate`), or from an export (`evaluate_export`), with the noise of
   `sampling.noise(count, z_dim, eval.seed)` and, for a conditional model, the classes in turn:
@@ -25,10 +26,12 @@ import numpy as np
 
 from estimator_gan import checkpoints, fileio, sampling
 from estimator_gan.data import pipeline, sources
-from estimator_gan.errors import DataError, ExportError
+from estimator_gan.errors import ConfigError, DataError, ExportError
+from estimator_gan.evaluation import inception
 from estimator_gan.evaluation.classifier import train_feature_classifier
 from estimator_gan.evaluation.metrics import (class_shares, classifier_score, fallback_features,
-                                              frechet_distance, kernel_distance, mixture_mode_metrics)
+                                              frechet_distance, kernel_distance, mixture_mode_metrics,
+                                              mode_histogram_metrics)
 from estimator_gan.serving import saved_model
 
 EVAL_DIR = "evaluation"
@@ -59,7 +62,8 @@ class SampleMetrics:
 
     Calling it on `[N, ...]` samples returns `(model, reference)`: two dicts with the same
     keys, the second measured on N real examples that stand in for the samples. Which metrics
-    (`kind`):
+    (`kind`; for images the feature space of `eval.features`, where `auto` means `classifier`
+    for labelled images and `pixels` for unlabelled ones):
 
     * `mixture` (2D mixture data): modes_covered, modes_covered_any, num_modes,
       high_quality_share, kl_to_uniform (`mixture_mode_metrics`, k = `eval.mode_std_k`).
@@ -67,7 +71,16 @@ class SampleMetrics:
       min_class_share (the rarest class's share of the samples, by the classifier) in the
       feature space of `train_feature_classifier`, trained on the evaluation data (see
       `evaluation_data_config`) with `eval.seed` and cached (`eval.classifier_cache`).
-    * `fallback` (unlabelled images): frechet_distance and kid on `fallback_features`.
+    * `inception` (any images): frechet_distance (FID), kid (KID) and inception_score on the
+      reference Inception graph (`evaluation.inception`, `eval.inception_graph`).
+    * `pixels` (any images): frechet_distance and kid on `fallback_features`.
+    * `stacked` (Stacked MNIST; `eval.features` stays `auto`): the digit classifier (trained
+      on the evaluation data's MNIST digits) labels each channel, which gives each sample its
+      mode, a digit triple: modes_covered (at least one sample), num_modes (1,000),
+      kl_to_uniform of the mode histogram (`mode_histogram_metrics`), and frechet_distance on
+      the three channels' classifier features side by side. The real statistics and the
+      reference are stacks of the evaluation data's digits, drawn with seeds `eval.seed` + 1
+      and + 2.
 
     For images the evaluation data is permuted with `eval.seed`; N examples form the reference
     and the rest the real statistics that both the samples and the reference are compared to.
@@ -103,34 +116,91 @@ class SampleMetrics:
             self.info = {"kind": "mixture", "real_examples": int(len(real))}
             self._ready = True
             return
+        if cfg.data.source == "stacked_mnist":
+            self._prepare_stacked(data_cfg, n)
+            return
         real, labels = pipeline.load_examples(data_cfg, seed=cfg.eval.seed)
         if len(real) < n + 2:
             raise DataError(
                 f"eval.num_samples={n} needs at least {n + 2} real evaluation examples "
                 f"({data_cfg.source} has {len(real)}); lower eval.num_samples")
-        self._classifier = None
-        if labels is not None:
+        space = cfg.eval.features
+        if space == "auto":
+            space = "classifier" if labels is not None else "pixels"
+        self._network = None
+        if space == "classifier":
+            if labels is None:
+                raise ConfigError(f"eval.features classifier needs labelled data, but "
+                                  f"{data_cfg.source} has no labels: use pixels or inception")
             path = _classifier_cache_path(cfg, self.model_dir)
             self._log(f"feature classifier: {'loading' if fileio.exists(path) else 'training'} "
                       f"{path} ({len(real)} labelled examples)")
-            self._classifier = train_feature_classifier(
+            self._network = train_feature_classifier(
                 real, labels, sources.num_classes(data_cfg) or int(labels.max()) + 1,
                 cache_path=path, seed=cfg.eval.seed, epochs=cfg.eval.classifier_epochs)
             self.info = {"kind": "classifier", "classifier": path}
             if cfg.data.split is not None:
                 held_x, held_y = pipeline.load_examples(cfg.data, limit=2000, seed=cfg.eval.seed)
-                self.info["classifier_accuracy_on_gan_part"] = self._classifier.accuracy(held_x, held_y)
+                self.info["classifier_accuracy_on_gan_part"] = self._network.accuracy(held_x, held_y)
+        elif space == "inception":
+            self._network = inception.load(cfg.eval.inception_graph, cfg.eval.inception_url, self._log)
+            self.info = {"kind": "inception", **self._network.info}
+            if not self._network.info["reference_graph"]:
+                self._log(f"inception: {self._network.info['graph']} is not the reference graph "
+                          f"(md5 {self._network.info['graph_md5']}): FID, KID and IS are not "
+                          f"comparable with published values")
+            self._log(f"inception: features of {len(real) - n} real images")
         else:
-            self.info = {"kind": "fallback"}
+            self.info = {"kind": "pixels"}
         self._real_feats = self._features(real[n:])
         ref = real[:n]
         self._reference = self._images(ref)
         self.info.update(real_examples=int(len(real) - n), reference_examples=n)
         self._ready = True
 
+    def _prepare_stacked(self, data_cfg, n: int) -> None:
+        cfg = self.config
+        digit_cfg = data_cfg.model_copy(update={"source": "mnist", "channels": 1})
+        digits, labels = pipeline.load_examples(digit_cfg, seed=cfg.eval.seed)
+        if labels is None:
+            raise DataError("stacked_mnist: the mode metric needs the MNIST labels files beside "
+                            "the images")
+        path = _classifier_cache_path(cfg, self.model_dir)
+        self._log(f"digit classifier: {'loading' if fileio.exists(path) else 'training'} {path} "
+                  f"({len(digits)} labelled digits)")
+        self._classifier = train_feature_classifier(digits, labels, 10, cache_path=path,
+                                                    seed=cfg.eval.seed,
+                                                    epochs=cfg.eval.classifier_epochs)
+        self.info = {"kind": "stacked", "classifier": path}
+        if cfg.data.split is not None:
+            held_x, held_y = pipeline.load_examples(
+                cfg.data.model_copy(update={"source": "mnist", "channels": 1}), limit=5000,
+                seed=cfg.eval.seed)
+            self.info["classifier_accuracy_on_gan_part"] = self._classifier.accuracy(held_x, held_y)
+        real, _ = sources.stack_digits(digits, labels, n, cfg.eval.seed + 1)
+        self._real_feats = self._stacked_channels(real)[1]
+        self._reference = self._stacked(sources.stack_digits(digits, labels, n, cfg.eval.seed + 2)[0])
+        self.info.update(real_examples=n, reference_examples=n, digits=int(len(digits)))
+        self._ready = True
+
+    def _stacked_channels(self, images):
+        """Each channel's digit ([N, 3] ints) and the channels' features side by side."""
+        n, h, w, c = images.shape
+        if c != 3:
+            raise ValueError(f"stacked MNIST samples need 3 channels, got shape {images.shape}")
+        channels = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(n * 3, h, w, 1)
+        feats, probs = self._classifier.features_and_probabilities(channels)
+        return np.argmax(probs, axis=1).reshape(n, 3), feats.reshape(n, -1)
+
+    def _stacked(self, images) -> Dict[str, float]:
+        digits, feats = self._stacked_channels(images)
+        out = mode_histogram_metrics(digits @ np.array([100, 10, 1]), 1000)
+        out["frechet_distance"] = frechet_distance(self._real_feats, feats)
+        return out
+
     def _features(self, images) -> np.ndarray:
-        if self._classifier is not None:
-            return self._classifier.features(images)
+        if self._network is not None:
+            return self._network.features(images)
         return fallback_features(images)
 
     def _mixture(self, points) -> Dict[str, float]:
@@ -140,13 +210,18 @@ class SampleMetrics:
 
     def _images(self, images) -> Dict[str, float]:
         ev = self.config.eval
-        feats = self._features(images)
+        if self._network is not None:
+            feats, probs = self._network.features_and_probabilities(images)
+        else:
+            feats, probs = fallback_features(images), None
         kid = kernel_distance(self._real_feats, feats, min(ev.kid_subset_size, len(feats)),
                               ev.kid_num_subsets, ev.seed)
         out = {"frechet_distance": frechet_distance(self._real_feats, feats),
                "kid": kid["mean"], "kid_std": kid["std"]}
-        if self._classifier is not None:
-            probs = self._classifier.probabilities(images)
+        if self.info["kind"] == "inception":
+            score = classifier_score(probs)
+            out.update(inception_score=score["mean"], inception_score_std=score["std"])
+        elif probs is not None:
             score = classifier_score(probs)
             out.update(classifier_score=score["mean"], classifier_score_std=score["std"],
                        min_class_share=float(class_shares(probs).min()))
@@ -161,6 +236,8 @@ class SampleMetrics:
             samples = samples[..., None]
         if len(samples) != self.config.eval.num_samples:
             raise ValueError(f"expected {self.config.eval.num_samples} samples, got {len(samples)}")
+        if self.info["kind"] == "stacked":
+            return self._stacked(samples), dict(self._reference)
         return self._images(samples), dict(self._reference)
 
 

@@ -1,11 +1,11 @@
 """Sample-quality metrics in numpy: Fréchet distance, kernel (KID) distance, the classifier
 score, mode metrics of 2D mixtures, and fixed features for unlabelled images.
 
-Everything here runs without network access, so no Inception weights are used: image sets are
-compared in the feature space of a classifier trained on the data set's own labels
-(`evaluation.classifier`), or, for unlabelled images, in `fallback_features`, a fixed random
-projection of downsampled pixels (pixel statistics, not semantic quality). 2D mixture data is
-judged directly against the known modes (`mixture_mode_metrics`).
+The formulas take features from any network: the reference Inception graph
+(`evaluation.inception`, the numbers papers report), a classifier trained on the data set's own
+labels (`evaluation.classifier`, offline), or `fallback_features`, a fixed random projection of
+downsampled pixels (pixel statistics, not semantic quality). 2D mixture data is judged directly
+against the known modes (`mixture_mode_metrics`).
 
 FID and KID depend on the sample size (FID is biased upwards for small N), so a value on its
 own says little: the evaluation always reports the real-vs-real reference at the same size.
@@ -51,19 +51,30 @@ def frechet_distance(feats_a, feats_b) -> float:
     """Fréchet distance between Gaussians fitted to two [N, D] feature sets (the FID formula).
 
     ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), covariances with ddof=1.
-    The trace of the matrix square root comes from the eigenvalues of the symmetric PSD matrix
-    S_a^1/2 S_b S_a^1/2, which stays stable for singular covariances (unlike `sqrtm`).
+    The trace of the matrix square root comes from the eigenvalues of a symmetric PSD matrix
+    with the same non-zero eigenvalues as S_a S_b, which stays stable for singular covariances
+    (unlike `sqrtm`): S_a^1/2 S_b S_a^1/2 [D, D], or, when the smaller set has n <= D rows,
+    C S_other C^T [n, n] with C its centred rows over sqrt(n - 1) (S = C^T C), which is much
+    cheaper for e.g. 1,000 samples of 2,048 Inception features.
     """
     a, b = _as_feature_pair(feats_a, feats_b)
+    if len(a) < len(b):
+        a, b = b, a
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    root_a = _sqrt_psd(cov_a)
-    m = root_a @ cov_b @ root_a
+    if len(b) <= b.shape[1]:
+        centred_b = (b - mu_b) / np.sqrt(len(b) - 1.0)
+        trace_b = float(np.sum(centred_b ** 2))
+        m = centred_b @ cov_a @ centred_b.T
+    else:
+        cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+        trace_b = float(np.trace(cov_b))
+        root_a = _sqrt_psd(cov_a)
+        m = root_a @ cov_b @ root_a
     m = (m + m.T) / 2.0
     tr_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)))
     diff = mu_a - mu_b
-    value = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_covmean
+    value = diff @ diff + np.trace(cov_a) + trace_b - 2.0 * tr_covmean
     return float(max(value, 0.0))
 
 
@@ -105,8 +116,9 @@ def kernel_distance(feats_a, feats_b, subset_size: int = 1000, num_subsets: int 
 def classifier_score(probs, num_splits: int = 10) -> Dict[str, float]:
     """Inception-Score formula exp(E_x[KL(p(y|x) || p(y))]) on [N, K] class-probability rows.
 
-    Computed on `num_splits` contiguous splits (p(y) is each split's mean row); returns
-    {"mean", "std"} over the splits. Ranges from 1 (one class, or uninformative rows) to K.
+    Computed on `num_splits` contiguous splits, rows [i N / s, (i + 1) N / s) rounded down as
+    improved-gan splits them (p(y) is each split's mean row); returns {"mean", "std"} over the
+    splits. Ranges from 1 (one class, or uninformative rows) to K.
     """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2:
@@ -120,7 +132,9 @@ def classifier_score(probs, num_splits: int = 10) -> Dict[str, float]:
         raise ValueError("rows of probs must sum to 1")
     p = p / sums
     scores = []
-    for part in np.array_split(p, num_splits):
+    n = p.shape[0]
+    for i in range(num_splits):
+        part = p[i * n // num_splits:(i + 1) * n // num_splits]
         p_y = part.mean(axis=0, keepdims=True)
         ratio = np.divide(part, p_y, out=np.ones_like(part), where=part > 0)
         kl = np.sum(part * np.log(ratio), axis=1)
@@ -175,6 +189,26 @@ def mixture_mode_metrics(points, centres, std: float, k: float = 3.0,
         "counts": [int(c) for c in counts],
         "min_count_for_coverage": float(min_count),
     }
+
+
+def mode_histogram_metrics(modes, num_modes: int) -> Dict[str, Union[int, float]]:
+    """Mode coverage of discrete mode ids (e.g. Stacked MNIST's digit triples, 0..999).
+
+    Returns modes_covered (modes holding at least one sample, the VEEGAN/PacGAN count),
+    num_modes, and kl_to_uniform: KL(p || uniform) in nats of the samples' mode histogram p,
+    0 for a perfect spread and log(num_modes) for a single mode. A finite sample of a uniform
+    distribution is not at 0: N samples over K modes give about (K - 1) / (2N), which is why
+    the evaluation reports a real-vs-real row beside it.
+    """
+    ids = np.asarray(modes).reshape(-1)
+    if ids.size == 0:
+        raise ValueError("modes is empty")
+    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= num_modes:
+        raise ValueError(f"modes must be integers in [0, {num_modes})")
+    p = np.bincount(ids, minlength=num_modes) / ids.size
+    nz = p > 0
+    return {"modes_covered": int(nz.sum()), "num_modes": int(num_modes),
+            "kl_to_uniform": float(np.sum(p[nz] * np.log(p[nz] * num_modes)))}
 
 
 def class_shares(probs) -> np.ndarray:

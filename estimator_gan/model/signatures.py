@@ -14,6 +14,9 @@ uint8 `images` and PNG `png_bytes`; a conditional model's also take int32 `label
 Discriminator signature `serving_default`: float32 `samples [N, *sample_shape]` -> `logits`,
 `probabilities`. Inputs of the wrong shape fail in-graph with a readable message, since TF
 Serving's C++ server does not check requests against the signature.
+
+`example_inputs` gives a small valid value for every input name above; the export's TF Serving
+warm-up requests (`serving.warmup`) are made of them, so a new input needs an example there too.
 """
 from __future__ import annotations
 
@@ -23,8 +26,12 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from estimator_gan import sampling
+from estimator_gan.errors import ExportError
+
 v1 = tf.compat.v1
 NOISE_SEED_SALT = 0x6a09e667
+EXAMPLE_BATCH = 2
 
 
 def stateless_noise(seed, count, z_dim: int, truncation=0.0) -> tf.Tensor:
@@ -176,3 +183,24 @@ def generator_signatures(features, samples) -> Dict[str, SignatureOutput]:
 
 def discriminator_signatures(predictions: Dict[str, tf.Tensor]):
     return {"serving_default": tf.estimator.export.PredictOutput(predictions)}
+
+
+def example_inputs(config, names) -> Dict[str, np.ndarray]:
+    """A small valid value for each signature input in `names`: a batch of `EXAMPLE_BATCH`
+    (at most `export.max_count`): noise rows of `sampling.noise(.., seed 0)`, zero samples,
+    classes in turn; seed 0, count = the batch, truncation 1. `ExportError` for an input this
+    file does not know."""
+    model, n = config.model, min(EXAMPLE_BATCH, config.export.max_count)
+    examples = {
+        "noise": lambda: sampling.noise(n, model.z_dim, 0),
+        "seed": lambda: np.array(0, np.int64),
+        "count": lambda: np.array(n, np.int32),
+        "truncation": lambda: np.array(1.0, np.float32),
+        "labels": lambda: sampling.labels_in_turn(n, model.num_classes),
+        "samples": lambda: np.zeros([n, *model.sample_shape], np.float32),
+    }
+    unknown = sorted(set(names) - set(examples))
+    if unknown:
+        raise ExportError(f"signature input {unknown[0]!r} has no example value for the warm-up "
+                          f"requests: add one to model.signatures.example_inputs")
+    return {name: examples[name]() for name in names}

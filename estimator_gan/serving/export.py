@@ -4,6 +4,7 @@ TensorFlow Serving watches, plus TFLite.
 Layout of an export directory (TF Serving serves the highest integer version of a model dir):
 
     <export_dir>/generator/<version>/saved_model.pb, variables/, assets.extra/
+        (assets.extra/: config.yaml, export_info.json, tf_serving_warmup_requests)
     <export_dir>/discriminator/<version>/...
     <export_dir>/tflite/<version>/generator.tflite          (with tflite=True)
 
@@ -19,7 +20,8 @@ What a caller must know:
 * `export` takes the Estimators to export (their `params` give the config and networks, their
   `model_dir` the latest checkpoint): nothing else of the run is needed.
 * The signatures are those of `model.signatures`; the generator graph holds only G's
-  variables.
+  variables. Every SavedModel carries TF Serving warm-up requests, one per signature
+  (`serving.warmup`).
 * Batch norm: the export uses moving statistics, so it is deterministic. They lag a generator
   whose weights still move, so by default they are first recomputed ("standing statistics",
   `export.standing_*` in the config): G runs in training mode with the exported weights over
@@ -50,7 +52,7 @@ from estimator_gan import fileio
 from estimator_gan.errors import ExportError
 from estimator_gan.model import gan
 from estimator_gan.model import signatures
-from estimator_gan.serving import saved_model, tflite as tflite_lib
+from estimator_gan.serving import saved_model, tflite as tflite_lib, warmup
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -270,10 +272,12 @@ def export(export_dir: str, generator: tf.estimator.Estimator,
         }
         assets = _write_assets(work, config, result.info)
         staged: Dict[str, str] = {GENERATOR: _export_saved_model(
-            generator, work, signatures.generator_receiver_fn(config), generator_checkpoint, assets)}
+            generator, work, signatures.generator_receiver_fn(config), generator_checkpoint,
+            assets, config)}
         if discriminator is not None:
             staged[DISCRIMINATOR] = _export_saved_model(
-                discriminator, work, signatures.discriminator_receiver_fn(config), checkpoint_path, assets)
+                discriminator, work, signatures.discriminator_receiver_fn(config), checkpoint_path,
+                assets, config)
         if tflite:
             staged[TFLITE] = os.path.join(work, TFLITE)
             tflite_lib.to_tflite(staged[GENERATOR], os.path.join(staged[TFLITE], tflite_lib.TFLITE_FILENAME))
@@ -297,12 +301,14 @@ def _write_assets(work: str, config, info: dict) -> Dict[str, str]:
     return paths
 
 
-def _export_saved_model(estimator, work: str, receiver_fn, checkpoint_path: str, assets) -> str:
-    """`Estimator.export_saved_model` into a fresh directory under `work`; returns its path."""
+def _export_saved_model(estimator, work: str, receiver_fn, checkpoint_path: str, assets, config) -> str:
+    """`Estimator.export_saved_model` into a fresh directory under `work`, with its warm-up
+    requests; returns its path."""
     base = tempfile.mkdtemp(prefix="saved_model-", dir=work)
     path = estimator.export_saved_model(base, receiver_fn, assets_extra=assets,
                                         checkpoint_path=checkpoint_path)
     path = path.decode() if isinstance(path, bytes) else path
+    warmup.write(path, config)
     os.chmod(path, 0o777 & ~fileio.umask())
     return path
 
