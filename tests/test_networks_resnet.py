@@ -279,3 +279,8 @@ def test_resampling_convolutions_equal_the_papers_composition(resample):
         fused, plain = session.run([fused, plain])
     assert fused.shape == plain.shape == ((2, 12, 12, 7) if resample == "up" else (2, 3, 3, 7))
     np.testing.assert_allclose(fused, plain, atol=1e-5)
+
+
+def test_minibatch_stddev_adds_a_feature_before_the_logit():
+    _, _, _, variables = build(resnet_config(32, "model.discriminator.minibatch_stddev=true"))
+    assert variables["discriminator"]["logit/kernel"] == [9, 1]

@@ -240,6 +240,16 @@ def self_attention(x, name: str, spectral_norm: bool = False, training: bool = F
         return x + gamma * conv2d(attended, channels, "output", **conv)
 
 
+def minibatch_stddev(x) -> tf.Tensor:
+    """ProGAN's minibatch standard deviation: one more feature map (or feature) holding the
+    standard deviation of every feature over the batch, averaged, so D can tell a batch of
+    too-similar samples from a real one. D's output for a sample then depends on the rest of
+    its batch (a batch of one sees 0)."""
+    _, variance = tf.nn.moments(x, axes=[0])
+    stat = tf.reduce_mean(tf.sqrt(variance + 1e-8))
+    return tf.concat([x, tf.ones_like(x[..., :1]) * stat], axis=-1)
+
+
 def conditioning(config, labels):
     """The labels a built-in network conditions on: `labels` when `model.conditional`, else
     None (a labelled data set can feed an unconditional model)."""
