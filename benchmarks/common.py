@@ -205,16 +205,18 @@ class ProductLoop:
     def measure(self, warmup: int, steps: int) -> float:
         """Seconds per step over `steps` steps after `warmup` steps (graph build, session start
         and restore come before the first step and are not counted); both are rounded up to
-        whole runs."""
+        whole runs. One more run follows, untimed: the run that ends training always writes
+        the summaries (the sample picture's G forward included), which in steady state fall
+        due every `train.save_summary_steps` steps only, and would weigh on a short window."""
         k = self.steps_per_run
         warm_runs, runs = max(1, -(-warmup // k)), max(1, -(-steps // k))
         timer = RunTimes()
         start = self.gan.global_step()
-        self.gan.train(max_steps=start + (warm_runs + runs) * k, hooks=[timer], stream=self.output)
+        self.gan.train(max_steps=start + (warm_runs + runs + 1) * k, hooks=[timer], stream=self.output)
         times = timer.times
-        if len(times) != warm_runs + runs:
-            raise RuntimeError(f"expected {warm_runs + runs} runs, timed {len(times)}")
-        return (times[-1] - times[warm_runs - 1]) / (runs * k)
+        if len(times) != warm_runs + runs + 1:
+            raise RuntimeError(f"expected {warm_runs + runs + 1} runs, timed {len(times)}")
+        return (times[warm_runs + runs - 1] - times[warm_runs - 1]) / (runs * k)
 
 
 # ---------------------------------------------------------- the hand-written TF2 loop

@@ -7,11 +7,12 @@ DCGAN job (configs/mnist_dcgan.yaml, 28x28x1, batch 64, D:G 1:1), the 2D MLP job
 (configs/mixture_ring.yaml at batch 256, 1:1), both with plain networks (no spectral norm, EMA,
 packing, conditioning or augmentation), and the 32 px residual SN-GAN as the paper trains it
 (`common.resnet_config`: 32x32x3, batch 64, hinge loss, D:G 5:1, spectral norm in D on both
-sides, Keras' `SpectralNormalization` in the baseline; no EMA):
+sides, a hand-written Keras spectral norm in the baseline; no EMA):
 
 * `product`          - `GAN.train` as `run_train.py` runs it, with the product's defaults
                        (steps per run, one G forward per step, progress log, summaries and
-                       checkpoints at the config's intervals). Timed per run after warm-up.
+                       checkpoints at the config's intervals). Timed per run after warm-up;
+                       the run that ends training (it always writes summaries) is not timed.
 * `tf_function`      - Keras models + `tf.GradientTape` inside `tf.function` (TF DCGAN tutorial
                        style), one D update then one G update per step on fresh noise.
 * `tf_function_xla`  - the same loop with `tf.function(jit_compile=True)`.

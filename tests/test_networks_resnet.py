@@ -15,7 +15,7 @@ from estimator_gan.model import layers
 from estimator_gan.serving.saved_model import load_generator
 
 v1 = tf.compat.v1
-TRAIN, PREDICT = tf.estimator.ModeKeys.TRAIN, tf.estimator.ModeKeys.PREDICT
+TRAIN = tf.estimator.ModeKeys.TRAIN
 TINY = ("model.generator.filters=8", "model.discriminator.filters=8", "model.z_dim=16")
 
 
@@ -24,30 +24,32 @@ def resnet_config(size=32, *overrides, tiny=True):
         "model.architecture=resnet", f"model.sample_shape=[{size},{size},3]", "loss.name=hinge",
         "data.batch_size=4", "train.max_steps=2", "train.save_checkpoints_steps=2",
         "train.log_every_steps=2", "train.sample_grid=2", "train.steps_per_run=1",
-        "export.standing_batches=2",
-        "export.standing_batch_size=8", *(TINY if tiny else ()), *overrides])
+        "export.standing_batches=2", "export.standing_batch_size=8", *(TINY if tiny else ()),
+        *overrides])
 
 
 def images(n=16, size=32, seed=0):
     return np.random.RandomState(seed).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
 
 
-def build(config, mode=TRAIN, batch=2):
-    """G then D on its samples in a fresh graph: (graph, samples, logits, {role: variables})."""
+def build(config, batch=2):
+    """G then D on its samples, in TRAIN mode, in a fresh graph: (graph, samples, logits,
+    {role: {variable name in the role's scope: shape}})."""
     config = config_lib.resolve(config)
     parts = gan_lib.GANParts.from_params({"config": config})
     graph = tf.Graph()
     with graph.as_default():
         labels = tf.constant(np.arange(batch) % config.model.num_classes, tf.int32) \
             if config.model.conditional else None
-        samples = parts.generator(tf.random.normal([batch, config.model.z_dim]), labels, mode).outputs
-        logits = parts.discriminator(samples, labels, mode).outputs
+        samples = parts.generator(tf.random.normal([batch, config.model.z_dim]), labels, TRAIN).outputs
+        logits = parts.discriminator(samples, labels, TRAIN).outputs
         variables = {role: {v.op.name[len(role) + 1:]: v.shape.as_list()
                             for v in v1.global_variables(role + "/")} for role in gan_lib.ROLES}
     return graph, samples, logits, variables
 
 
 def trainable_count(config) -> dict:
+    """Trainable values per role of an unconditional model."""
     config = config_lib.resolve(config)
     parts = gan_lib.GANParts.from_params({"config": config})
     with tf.Graph().as_default():
