@@ -2,20 +2,36 @@
 `python run_train.py ...`, the same as `train`).
 
 This module only parses arguments; the commands live in `commands`, which is imported once the
-arguments are known, so that `--help` and usage errors answer without starting TensorFlow.
+arguments are known, so that `--help`, `--version` and usage errors answer without starting
+TensorFlow.
 
 Errors a user can fix (bad config, bad data, bad paths, a full disk, a locked model dir) print
-one line, `error: ...`, and exit 2; a diverged run exits 3; SIGTERM and an expired time budget
-stop cleanly with exit 0, SIGINT with 130. `--debug` shows the traceback instead.
+one line, `error: ...`, and exit 2; a diverged run exits 3; SIGTERM (from start-up on) and an
+expired time budget stop cleanly with exit 0, SIGINT with 130. `--debug` also shows the
+traceback, with the same exit code.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import re
+import signal
 import sys
+import threading
 from typing import List, Optional
 
+from estimator_gan import __version__
+
+DESCRIPTION = ("Train GANs on TensorFlow Estimators and export the generator for TensorFlow "
+               "Serving (and TFLite).")
+EPILOG = ("Exit codes: 0 done, or stopped by SIGTERM or train.max_minutes with a checkpoint saved "
+          "(rerun the same command to resume); 2 a problem to fix, printed as one line "
+          "'error: ...'; 3 training diverged; 130 interrupted (SIGINT). "
+          "Run '%(prog)s COMMAND --help' for a command's options.")
+# TensorFlow 2.15 logs these three at import on every machine (its CUDA plugins register twice):
+# noise whatever TF_CPP_MIN_LOG_LEVEL a user chose for the rest.
+_IMPORT_NOISE = re.compile(rb"Unable to register cu(DNN|FFT|BLAS) factory")
 DEFAULT_MODEL_DIR = os.path.join("runs", "default")
 
 
@@ -111,14 +127,64 @@ COMMANDS = {
 }
 
 
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"estimator-gan {__version__}")
+
+
+def _stop_during_startup(signum, frame):
+    """SIGTERM before training's own handler is installed (importing TensorFlow, loading the
+    config and data) or after it is gone: nothing unsaved exists, so exit at once, as
+    documented: 0, with a line saying why."""
+    print(f"{signal.Signals(signum).name} received outside the training loop: exiting; nothing "
+          f"unsaved was lost", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _import_commands():
+    """Import `commands`, which starts TensorFlow, without the three lines of `_IMPORT_NOISE`
+    (when TF_CPP_MIN_LOG_LEVEL lets errors through): stderr passes through a pipe that drops
+    them and forwards everything else as it comes."""
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() in ("3", "4")
+    if quiet or "estimator_gan.commands" in sys.modules:
+        return importlib.import_module("estimator_gan.commands")
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _IMPORT_NOISE.search(line):
+                    os.write(stderr, line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        return importlib.import_module("estimator_gan.commands")
+    finally:
+        sys.stderr.flush()
+        os.dup2(stderr, 2)  # closes the pipe's write end: the forwarder reads to its end
+        forwarder.join(timeout=10)
+        os.close(stderr)
+
+
 def _run(command: str, args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    commands = importlib.import_module("estimator_gan.commands")  # starts TensorFlow
-    return commands.run(command, args)
+    handles_sigterm = command == "train" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_during_startup) if handles_sigterm else None
+    try:
+        return _import_commands().run(command, args)
+    finally:
+        if handles_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="estimator-gan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="estimator-gan", description=DESCRIPTION, epilog=EPILOG)
+    _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (build, help_text) in COMMANDS.items():
         build(sub.add_parser(name, help=help_text, description=help_text))
@@ -132,7 +198,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     """`run_train.py`: the `train` command on its own."""
-    parser = train_parser(argparse.ArgumentParser(prog="run_train.py", description=COMMANDS["train"][1]))
+    parser = train_parser(argparse.ArgumentParser(prog="run_train.py", description=COMMANDS["train"][1],
+                                                  epilog=EPILOG))
+    _add_version(parser)
     return _run("train", parser.parse_args(argv))
 
 

@@ -1,7 +1,7 @@
 """What each command of the command line does (`cli` parses the arguments), and how a failure
 becomes one line: an `estimator_gan.Error` prints `error: <message>` and exits with its code;
 an environment failure (`runtime.failures`) likewise; anything else is a bug and keeps its
-traceback. `--debug` shows every traceback.
+traceback. `--debug` prints the traceback before the line, with the same exit code.
 """
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 import tensorflow as tf
 
-from estimator_gan import fileio, plotting
+from estimator_gan import checkpoints, fileio, plotting
 from estimator_gan import config as config_lib
 from estimator_gan.errors import ConfigError, Error, ExportError
 from estimator_gan.evaluation import evaluate, report
@@ -62,7 +63,8 @@ def train(args) -> int:
           f"{'resuming at step ' + str(start_step) if start_step else 'from scratch'}, "
           f"to step {max_steps}, model dir {args.model_dir}", flush=True)
     started = time.time()
-    with GracefulStop(config.train.stop_grace_secs) as stop:
+    cluster = cluster_lib.read_tf_config()
+    with GracefulStop(config.train.stop_grace_secs, active=not (cluster and cluster.task_type == "ps")) as stop:
         step = gan.train(hooks=[stop.hook()])
     elapsed = time.time() - started
     result = gan.last_train
@@ -102,9 +104,14 @@ def _export_and_report(gan: GAN, export_dir: str, checkpoint=None, generator_onl
     result = gan.export(export_dir, checkpoint_path=checkpoint, tflite=tflite,
                         generator_only=generator_only)
     standing = result.info.get("standing_statistics")
+    kept = standing.get("kept") if standing else None
     print(f"exported step {result.global_step} as version {result.version}"
           + (f" (batch-norm statistics of {standing['layers']} layers recomputed over "
              f"{standing['batches']}x{standing['batch_size']} samples)" if standing else ""))
+    if kept:
+        print(f"  note: {len(kept)} moving statistics kept their checkpoint values (batch norm not "
+              f"made by layers.batch_norm or a Keras BatchNormalization in keras_network): "
+              f"{', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}")
     for part in (GENERATOR, DISCRIMINATOR, TFLITE):
         path = getattr(result, part)
         if path:
@@ -112,22 +119,35 @@ def _export_and_report(gan: GAN, export_dir: str, checkpoint=None, generator_onl
     return result
 
 
-def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
-    """The GAN of a model dir: its saved config with `overrides`, which may not change the
-    architecture."""
+def _model_dir_config(model_dir: str, overrides, command: str) -> config_lib.Config:
+    """A model dir's saved config with `overrides`, which may not change the architecture."""
     if not fileio.isdir(model_dir):
+        if fileio.exists(model_dir):
+            raise ConfigError(f"{model_dir} is a file, not a model dir (the --model-dir of a training)")
         raise ConfigError(f"model dir not found: {model_dir}")
     saved = config_lib.load_model_dir_config(model_dir)
     config = config_lib.config_from_dict(saved.to_dict(), overrides)
     diffs = config_lib.architecture_differences(saved, config)
     if diffs:
         raise ConfigError(f"{command} cannot change the architecture ({'; '.join(diffs)})")
-    return GAN(config, model_dir=model_dir)
+    return config
+
+
+def _model_dir_gan(model_dir: str, overrides, command: str) -> GAN:
+    """The GAN of a model dir (see `_model_dir_config`)."""
+    return GAN(_model_dir_config(model_dir, overrides, command), model_dir=model_dir)
+
+
+def _checkpoint(gan: GAN, name=None) -> str:
+    """The checkpoint a command reads: the one named (a prefix, or a name in the model dir),
+    else the one `train` would resume from, with a note when the state file says otherwise."""
+    return checkpoints.named(gan.model_dir, name) if name else gan.checkpoint(stream=sys.stderr)
 
 
 def export(args) -> int:
     gan = _model_dir_gan(args.model_dir, args.overrides, "export")
-    _export_and_report(gan, args.export_dir, args.checkpoint, args.generator_only, args.tflite or None)
+    _export_and_report(gan, args.export_dir, _checkpoint(gan, args.checkpoint), args.generator_only,
+                       args.tflite or None)
     return 0
 
 
@@ -164,7 +184,8 @@ def generate(args) -> int:
         source = args.export
         if args.model_dir:
             gan = _model_dir_gan(args.model_dir, [], "generate")
-            source = gan.export(scratch, tflite=False, generator_only=True).generator
+            source = gan.export(scratch, checkpoint_path=_checkpoint(gan), tflite=False,
+                                generator_only=True).generator
         generator = saved_model.load_generator(source)
         if args.noise:
             outputs = generator.from_noise(_read_noise(args.noise), labels)
@@ -191,33 +212,33 @@ def generate(args) -> int:
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _checkpoints_to_evaluate(args) -> list:
-    if args.checkpoint:
-        paths = [args.checkpoint]
-    elif args.all_checkpoints:
-        state = tf.train.get_checkpoint_state(args.model_dir)
-        paths = list(state.all_model_checkpoint_paths) if state else []
-    else:
-        paths = [p for p in [tf.train.latest_checkpoint(args.model_dir)] if p]
-    if not paths:
-        raise ConfigError(f"no checkpoint in {args.model_dir}: train first")
-    for path in paths:
-        if not fileio.exists(path + ".index"):
-            raise ConfigError(f"checkpoint not found: {path}")
-    return paths
+def _checkpoints_to_evaluate(args, gan: GAN) -> list:
+    if args.all_checkpoints:
+        paths = []
+        for _, path in reversed(checkpoints.on_disk(args.model_dir)):
+            problem = checkpoints.unreadable(path)
+            if problem is None:
+                paths.append(path)
+            else:
+                print(f"note: skipping {fileio.basename(path)}, unreadable ({problem})", file=sys.stderr)
+        if not paths:
+            raise ConfigError(f"no readable checkpoint in {args.model_dir}: train first")
+        return paths
+    return [_checkpoint(gan, args.checkpoint)]
 
 
 def evaluate_command(args) -> int:
     overrides = list(args.overrides)
     if args.num_samples is not None:
         overrides.append(f"eval.num_samples={args.num_samples}")
-    gan = _model_dir_gan(args.model_dir, overrides, "evaluate")
-    metrics = evaluate.SampleMetrics(gan.config, args.model_dir, stream=sys.stdout)
-    if args.export:
+    config = _model_dir_config(args.model_dir, overrides, "evaluate")
+    gan = None if args.export else GAN(config, model_dir=args.model_dir)  # an export has its graph
+    metrics = evaluate.SampleMetrics(config, args.model_dir, stream=sys.stdout)
+    if gan is None:
         record = evaluate.evaluate_export(args.export, metrics)
         print(f"evaluated export {record['export']}")
     else:
-        paths = _checkpoints_to_evaluate(args)
+        paths = _checkpoints_to_evaluate(args, gan)
         steps = gan.config.eval.eval_batches
         for path in paths:
             estimator_eval = (lambda p: gan.evaluate(steps=steps, checkpoint_path=p)) if path == paths[-1] else None
@@ -232,7 +253,7 @@ def evaluate_command(args) -> int:
     output = evaluate.write_result(args.output or fileio.join(args.model_dir, evaluate.RESULT_FILE), record)
     print(f"wrote {output}")
     if args.plot:
-        for path in report.write_plots(args.model_dir, gan.config, record):
+        for path in report.write_plots(args.model_dir, config, record):
             print(f"wrote {path}")
     return 0
 
@@ -252,10 +273,20 @@ def local_cluster(args) -> int:
                               config.distribute)
     log_dir = args.log_dir or os.path.join(train_args.model_dir, "cluster-logs")
     command = [sys.executable, "-m", "estimator_gan", "train"] + list(args.train_args)
-    status, _ = launcher.run_local_cluster(command, workers=args.workers, ps=args.ps,
-                                           evaluator=args.evaluator, log_dir=log_dir,
-                                           timeout=args.timeout)
-    print(f"[cluster] {'done' if status == 0 else 'failed'}; logs in {log_dir}", flush=True)
+    max_steps = train_args.max_steps if train_args.max_steps is not None else config.train.max_steps
+
+    def job_done():
+        return checkpoints.latest_step(train_args.model_dir) >= max_steps
+
+    status, _ = launcher.run_local_cluster(
+        command, workers=args.workers, ps=args.ps, evaluator=args.evaluator, log_dir=log_dir,
+        timeout=args.timeout, stop_grace=config.train.stop_grace_secs + 30, job_done=job_done)
+    if status in (0, 130) and not job_done():
+        print(f"[cluster] stopped at step {checkpoints.latest_step(train_args.model_dir)} of "
+              f"{max_steps}; checkpoint in {train_args.model_dir}; rerun the same command to resume; "
+              f"logs in {log_dir}", flush=True)
+    else:
+        print(f"[cluster] {'done' if status == 0 else 'failed'}; logs in {log_dir}", flush=True)
     return status
 
 
@@ -271,9 +302,7 @@ def run(command: str, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - turned into one line unless --debug
-        if getattr(args, "debug", False):
-            raise
+    except Exception as err:  # noqa: BLE001 - turned into one line (after the traceback with --debug)
         if isinstance(err, Error):
             message, code = str(err) or type(err).__name__, err.exit_code
         else:
@@ -281,5 +310,7 @@ def run(command: str, args) -> int:
             if described is None:
                 raise
             message, code = described
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         print(f"error: {message.strip().splitlines()[0]}", file=sys.stderr)
         return code

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from estimator_gan import fileio
 from estimator_gan.data import sources
 from estimator_gan.errors import ConfigError
-from estimator_gan.model import augment, losses, networks, resnet
+from estimator_gan.model import augment, custom, losses, networks, resnet
 
 CONFIG_FILENAME = "config.yaml"
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -249,10 +249,13 @@ class ModelConfig(_Strict):
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     generator_fn: Optional[str] = Field(
         None, description="Import path 'package.module:name' of your own generator "
-                          "fn(noise, labels, mode, params); replaces the architecture's.")
+                          "fn(noise, labels, mode, params); replaces the architecture's. "
+                          "'in-script:<name>' records a function passed to GAN from a script "
+                          "(not importable: only that script can rebuild the run).")
     discriminator_fn: Optional[str] = Field(
         None, description="Import path of your own discriminator fn(samples, labels, mode, "
-                          "params) -> logits [B]; replaces the architecture's.")
+                          "params) -> logits [B]; replaces the architecture's. 'in-script:<name>' "
+                          "as for generator_fn.")
     augment: Optional[str] = Field(
         None, description="Differentiable augmentation of every image D sees in training (DiffAugment), "
                           "comma-separated, applied in order: " + ", ".join(augment.TRANSFORMS)
@@ -560,16 +563,20 @@ def config_path(name_or_path: str) -> str:
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (a path or a shipped config's name; the defaults when None) and
-    apply dotted overrides."""
+    apply dotted overrides. An empty file (or one of comments only) is refused: `{}` asks for
+    the defaults explicitly."""
     tree: Dict[str, Any] = {}
     if path is not None:
         path = config_path(path)
         try:
-            tree = yaml.safe_load(fileio.read_text(path)) or {}
+            tree = yaml.safe_load(fileio.read_text(path))
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not a text file") from None
+        if tree is None:  # an empty file: a mistake, not a wish for the default job
+            raise ConfigError(f"config file {path} is empty (no settings): add settings, or give "
+                              f"no config file to run the default job")
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return config_from_dict(tree, overrides)
@@ -632,9 +639,18 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 _NOT_ARCHITECTURE = {"model.generator.inference_weights", "model.augment"}
 
 
+_NETWORK_FNS = {"model.generator_fn", "model.discriminator_fn"}
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    # The name of a network passed from a script says little (a rename, a move into a module):
+    # there the checkpoint's variables are what is compared (see `runtime.loop.check_resumable`).
+    return a == b or key in _NETWORK_FNS and (custom.is_in_script(a) or custom.is_in_script(b))
+
+
 def architecture_differences(saved: Config, new: Config) -> List[str]:
     """Fields of `model` (the ones that fix variable shapes) that differ, as readable strings."""
     a = _flatten(saved.model.model_dump(mode="json"), "model.")
     b = _flatten(new.model.model_dump(mode="json"), "model.")
     return [f"{k}: {a.get(k)!r} in the checkpoint's config, {b.get(k)!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in _NOT_ARCHITECTURE]
+            for k in sorted(set(a) | set(b)) if not _same(k, a.get(k), b.get(k)) and k not in _NOT_ARCHITECTURE]

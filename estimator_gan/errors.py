@@ -53,4 +53,23 @@ class ModelDirLocked(TrainingError):
 
 
 class CorruptCheckpoint(TrainingError):
-    """No checkpoint in the model directory can be read."""
+    """A checkpoint cannot be read: the one named, or every one in the model directory."""
+
+
+def op_error_text(message: str) -> str:
+    """The readable part of a TensorFlow op error's message, for a one-line error: without
+    TF's "Graph execution error:" preamble, the Python stack of the failing node ("Detected at
+    node ... defined at", file lines, "Node: ...") and the "[[{{node ...}}]]" trailer; e.g.
+    `corrupted record at 0 (Is this even a TFRecord file?)`."""
+    lines = str(message).strip().splitlines()
+    detected = [i for i, line in enumerate(lines) if line.startswith("Detected at node")]
+    if detected:
+        nodes = [i for i, line in enumerate(lines) if line.startswith("Node: ")]
+        blank = [i for i, line in enumerate(lines) if i > detected[0] and not line.strip()]
+        end = nodes[-1] if nodes else (blank[0] if blank else len(lines))
+        lines = lines[end + 1:]
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith(("Graph execution error", "[[", "Detected at node")):
+            return line
+    return " ".join(str(message).split())

@@ -19,6 +19,7 @@ import tensorflow as tf
 from estimator_gan import checkpoints, fileio, sampling
 from estimator_gan import config as config_lib
 from estimator_gan.data import pipeline
+from estimator_gan.errors import ExportError
 from estimator_gan.model import custom, gan, losses, model_fns, networks
 from estimator_gan.runtime import cluster as cluster_lib
 from estimator_gan.runtime import listeners as listeners_lib
@@ -68,19 +69,20 @@ class GAN:
         self.last_train: Optional[loop.TrainResult] = None
 
     def _custom_parts(self, generator_fn, discriminator_fn, loss) -> dict:
-        """Check the user's networks and loss now (not at graph-building time); record in the
-        config those that can be named, and return the others as `params` overrides."""
+        """Check the user's networks and loss now (not at graph-building time); record them in
+        the config (an import path, or for functions no import path reaches `in-script:<name>`,
+        see `model.custom`), and return those without an import path as `params` overrides."""
         overrides = {}
         for role, fn in (("generator", generator_fn), ("discriminator", discriminator_fn)):
             if fn is None:
                 continue
             checked = custom.network_function(fn, role)
-            path = fn if isinstance(fn, str) else custom.import_path(fn)
-            if path is not None:
-                setattr(self.config.model, f"{role}_fn", path)
-            else:
+            recorded = fn if isinstance(fn, str) else custom.recorded_name(fn)
+            setattr(self.config.model, f"{role}_fn", recorded)
+            if custom.is_in_script(recorded):
                 overrides[f"{role}_fn"] = checked
-        networks.networks_for(self.config)  # resolves and checks import paths
+        networks.networks_for(self.config, overrides.get("generator_fn"),
+                              overrides.get("discriminator_fn"))  # resolves and checks import paths
         if loss is not None:
             resolved = losses.as_loss(loss)
             if isinstance(loss, str):
@@ -177,11 +179,26 @@ class GAN:
         self.last_export = export_lib.export(
             export_dir, self.generator_estimator,
             None if generator_only else self.discriminator_estimator,
-            checkpoint_path=checkpoint_path, tflite=tflite)
+            checkpoint_path=self.checkpoint(checkpoint_path), tflite=tflite)
         return self.last_export
 
+    def checkpoint(self, checkpoint_path: Optional[str] = None, stream=None) -> str:
+        """The checkpoint `export`, `generate` and `evaluate` read: `checkpoint_path` when
+        given, else the newest one in the model_dir that reads in full, the one `train` resumes
+        from whatever the `checkpoint` state file says (`checkpoints.newest_readable`); with
+        `stream`, a note is printed there when that is not the one the state file lists.
+        `ExportError` when there is none."""
+        if checkpoint_path:
+            return checkpoint_path
+        newest = checkpoints.newest_readable(self.model_dir)
+        if newest.path is None:
+            raise ExportError(f"no checkpoint in {self.model_dir}: train first")
+        if stream is not None and newest.note():
+            print(newest.note(), file=stream, flush=True)
+        return newest.path
+
     def global_step(self) -> int:
-        """The latest checkpoint's global step (0 before the first)."""
+        """The global step of the checkpoint `train` resumes from (0 before the first)."""
         return checkpoints.latest_step(self.model_dir)
 
     def evaluate(self, input_fn: Optional[Callable] = None, steps: Optional[int] = None,
@@ -191,7 +208,7 @@ class GAN:
         over the config's data unless `steps` is given."""
         return self.generator_estimator.evaluate(input_fn or self.input_fn(training=False),
                                                  steps=steps, name=name,
-                                                 checkpoint_path=checkpoint_path)
+                                                 checkpoint_path=self.checkpoint(checkpoint_path))
 
     def generate(self, count: int, seed: int = 0, labels=None,
                  checkpoint_path: Optional[str] = None) -> np.ndarray:
@@ -212,4 +229,4 @@ class GAN:
             return tf.data.Dataset.from_tensor_slices(features).batch(256)
 
         return np.stack([p["samples"] for p in self.generator_estimator.predict(
-            input_fn, yield_single_examples=True, checkpoint_path=checkpoint_path)])
+            input_fn, yield_single_examples=True, checkpoint_path=self.checkpoint(checkpoint_path))])

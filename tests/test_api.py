@@ -14,6 +14,7 @@ import yaml
 import custom_nets
 import estimator_gan as eg
 from conftest import REPO_ROOT, SHARED_MNIST, array_input_fn, tiny_config, tiny_images
+from estimator_gan import cli
 from estimator_gan.model import gan as gan_lib
 from estimator_gan.model import model_fns
 from test_cli import run_train
@@ -207,7 +208,7 @@ def test_importable_networks_are_recorded_in_the_config_and_others_passed_as_par
     gan = eg.GAN(tiny_config(), model_dir=str(tmp_path), generator_fn=custom_nets.keras_generator,
                  discriminator_fn=PAIRS["keras"]["discriminator_fn"])
     assert gan.config.model.generator_fn == "custom_nets:keras_generator"
-    assert gan.config.model.discriminator_fn is None
+    assert gan.config.model.discriminator_fn == "in-script:_keras_discriminator"  # not importable
     assert "generator_fn" not in gan.params and gan.params["discriminator_fn"] is PAIRS["keras"]["discriminator_fn"]
 
 
@@ -227,6 +228,73 @@ def test_loss_with_a_wrong_signature_is_refused(tmp_path):
                loss=(custom_nets.frozen_discriminator_loss, lambda logits: logits))
     with pytest.raises(TypeError, match="registered name, a GANLoss or a pair"):
         eg.GAN(tiny_config(), model_dir=str(tmp_path), loss=42)
+
+
+SCRIPT = """
+import sys
+import tensorflow as tf
+import estimator_gan as eg
+{imports}
+config = eg.load_config("digits_dcgan", ["data.image_size=8", "data.batch_size=8", "model.z_dim=8",
+                                         "train.save_checkpoints_steps=2", "train.log_every_steps=2"])
+gan = eg.GAN(config, model_dir=sys.argv[1], generator_fn=my_generator, discriminator_fn=my_discriminator)
+gan.train(max_steps=2, progress=False)
+{after}
+"""
+IN_SCRIPT = """
+v1 = tf.compat.v1
+
+def my_generator(noise, labels, mode, params):
+    x = tf.reshape(v1.layers.dense(noise, 4 * 4 * 8), [-1, 4, 4, 8])
+    return tf.tanh(v1.layers.conv2d_transpose(x, 1, 4, strides=2, padding="same"))
+
+my_discriminator = lambda samples, labels, mode, params: v1.layers.dense(v1.layers.flatten(samples), 1)
+"""
+
+
+def _script_run(tmp_path, imports, after=""):
+    """Train 2 steps through `eg.GAN` in a script of its own (networks in `__main__` or imported)."""
+    script, model_dir = tmp_path / "train_gan.py", str(tmp_path / "run")
+    script.write_text(SCRIPT.format(imports=imports, after=after))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests")]))
+    result = subprocess.run([sys.executable, str(script), model_dir], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, yaml.safe_load(open(os.path.join(model_dir, "config.yaml")))["model"]
+
+
+def test_a_run_with_in_script_networks_is_refused_by_the_cli_in_one_line(tmp_path, capsys):
+    """Networks defined in the training script cannot be rebuilt by the command line: the saved
+    config says so, and every command that would rebuild them refuses in one line naming what
+    works (GAN.export from that script) instead of failing on the built-in networks' names."""
+    exports = str(tmp_path / "script_exports")
+    model_dir, saved = _script_run(tmp_path, IN_SCRIPT, after=f"gan.export({exports!r})")
+    assert saved["generator_fn"] == "in-script:my_generator"
+    assert saved["discriminator_fn"] == "in-script:<lambda>"
+    for command in (["export", "--model-dir", model_dir, "--export-dir", str(tmp_path / "exports")],
+                    ["generate", "--model-dir", model_dir, "--out", str(tmp_path / "x.npy")],
+                    ["evaluate", "--model-dir", model_dir],
+                    ["train", "--model-dir", model_dir, "--config", os.path.join(model_dir, "config.yaml")]):
+        assert cli.main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error: model.generator_fn: ") and err.count("\n") == 1, err
+        assert "my_generator" in err and "defined in the training script" in err and "GAN.export" in err, err
+    assert not os.path.exists(tmp_path / "exports") and not os.path.exists(tmp_path / "x.npy")
+    # What the script exported is served and evaluated without rebuilding the networks.
+    assert cli.main(["generate", "--export", exports, "--count", "3", "--out", str(tmp_path / "x.npy")]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (3, 8, 8, 1)
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--export", exports, "--num-samples", "64",
+                     "--set", "eval.classifier_epochs=1", "--set", "eval.kid_subset_size=32"]) == 0
+
+
+def test_a_run_with_imported_networks_is_exported_by_the_cli(tmp_path, capsys):
+    model_dir, saved = _script_run(tmp_path, "from custom_nets import v1_generator as my_generator, "
+                                             "v1_discriminator as my_discriminator")
+    assert saved["generator_fn"] == "custom_nets:v1_generator"
+    assert saved["discriminator_fn"] == "custom_nets:v1_discriminator"
+    code = cli.main(["export", "--model-dir", model_dir, "--export-dir", str(tmp_path / "exports")])
+    assert code == 0, capsys.readouterr().err
+    assert os.path.exists(tmp_path / "exports" / "generator" / "1" / "saved_model.pb")
 
 
 # ---------------------------------------------------------------- import paths

@@ -3,9 +3,11 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -271,3 +273,132 @@ def test_local_tf_configs_use_distinct_free_ports():
     assert "evaluator" not in cluster
     for _, _, tf_config in configs:
         assert distributed.read_tf_config({"TF_CONFIG": json.dumps(tf_config)}) is not None
+
+
+# ------------------------------------------------------------------- signals and local-cluster
+
+# A parameter-server job that trains until it is stopped: progress every step, no checkpoint
+# between the first one and the one the stop writes.
+STOPPABLE_JOB = ["--config", "digits_dcgan", "--max-steps", "1000000"] + [
+    a for item in ["data.image_size=8", "model.generator.filters=4", "model.discriminator.filters=4",
+                   "model.z_dim=8", "data.batch_size=8", "train.log_every_steps=1",
+                   "train.save_checkpoints_steps=100000", "distribute.max_worker_delay_secs=1",
+                   "distribute.export_at_end=false"] for a in ("--set", item)]
+
+
+def _start_local_cluster(model_dir, out_path):
+    """`local-cluster` (chief, worker, ps) on STOPPABLE_JOB in the background, output to a file."""
+    args = [sys.executable, "-m", "estimator_gan.cli", "local-cluster", "--workers", "1", "--ps", "1",
+            "--", "--model-dir", model_dir, *STOPPABLE_JOB]
+    with open(out_path, "w") as out:
+        return subprocess.Popen(args, cwd=REPO_ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+
+def _text(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _cluster_pids(text):
+    """{task: pid} from the launcher's `[cluster] started <task> pid <pid>` lines."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"\[cluster\] started (\S+) pid (\d+)", text)}
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _chief_training(out_path):
+    return lambda: len(_cluster_pids(_text(out_path))) == 3 and re.search(r"^step +\d+/", _text(out_path), re.M)
+
+
+def _stop_all(launcher_proc, pids):
+    for pid in [launcher_proc.pid, *pids.values()]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    launcher_proc.wait(30)
+
+
+def _assert_stopped_with_a_checkpoint(model_dir, out, pids):
+    chief_log = _text(os.path.join(model_dir, "cluster-logs", "chief-0.log"))
+    stopped = re.search(r"^stopped by SIGTERM at step (\d+)", chief_log, re.M)
+    assert stopped, out[-3000:] + chief_log[-3000:]
+    step = int(stopped.group(1))
+    assert step > 0 and os.path.exists(os.path.join(model_dir, f"model.ckpt-{step}.index"))
+    assert int(tf.train.load_checkpoint(model_dir).get_tensor("global_step")) == step
+    assert f"[cluster] stopped at step {step} of 1000000; checkpoint in {model_dir}; rerun" in out, out[-3000:]
+    assert [task for task, pid in pids.items() if _alive(pid)] == [], out[-3000:]
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_stops_every_process(tmp_path):
+    """What a scheduler does to a job: SIGTERM to the launcher is passed on, the chief saves a
+    checkpoint, every process ends, and the launcher exits 0."""
+    model_dir, out_path = str(tmp_path / "run"), str(tmp_path / "launcher.out")
+    proc, pids = _start_local_cluster(model_dir, out_path), {}
+    try:
+        _wait_for(_chief_training(out_path), CLUSTER_TIMEOUT, "the chief's first progress line")
+        pids = _cluster_pids(_text(out_path))
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=CLUSTER_TIMEOUT)
+    finally:
+        _stop_all(proc, pids)
+    out = _text(out_path)
+    assert code == 0, out[-3000:]
+    assert "[cluster] SIGTERM received: passing it on to chief:0, worker:0" in out, out[-3000:]
+    _assert_stopped_with_a_checkpoint(model_dir, out, pids)
+
+
+def test_a_chief_stopped_by_sigterm_ends_the_job(tmp_path):
+    """SIGTERM to the chief alone: it saves and exits 0, and the launcher then stops the worker
+    and the ps (instead of leaving the worker training until --timeout) and exits 0."""
+    model_dir, out_path = str(tmp_path / "run"), str(tmp_path / "launcher.out")
+    proc, pids = _start_local_cluster(model_dir, out_path), {}
+    try:
+        _wait_for(_chief_training(out_path), CLUSTER_TIMEOUT, "the chief's first progress line")
+        pids = _cluster_pids(_text(out_path))
+        os.kill(pids["chief:0"], signal.SIGTERM)
+        code = proc.wait(timeout=CLUSTER_TIMEOUT)
+    finally:
+        _stop_all(proc, pids)
+    out = _text(out_path)
+    assert code == 0, out[-3000:]
+    assert "[cluster] chief:0 exited with status 0" in out
+    assert "[cluster] chief:0 stopped before the last step: stopping worker:0" in out, out[-3000:]
+    _assert_stopped_with_a_checkpoint(model_dir, out, pids)
+
+
+def test_a_parameter_server_ends_on_sigterm(tmp_path):
+    """A ps blocks in TensorFlow's server loop, where no Python signal handler runs, and has
+    nothing to save: it keeps the default handlers, so SIGTERM ends it (it used to be ignored)."""
+    chief, ps = launcher.free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{chief}"], "ps": [f"127.0.0.1:{ps}"]}
+    env = dict(_env(), TF_CPP_MIN_LOG_LEVEL="0", **_tf_config(cluster, "ps"))
+    out_path = str(tmp_path / "ps.out")
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "estimator_gan.cli", "train", "--model-dir",
+                                 str(tmp_path / "run"), *STOPPABLE_JOB[:4]], cwd=REPO_ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: "Started server with target" in _text(out_path), 300, "the ps server")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == -signal.SIGTERM, _text(out_path)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,9 +24,12 @@ from PIL import Image
 
 from conftest import REPO_ROOT, tiny_config
 from estimator_gan import checkpoints, cli
+from estimator_gan import memory as memory_lib
 from estimator_gan import config as config_lib
 from estimator_gan.errors import ModelDirLocked
 from estimator_gan.gan import GAN
+from estimator_gan.model import gan as gan_lib
+from estimator_gan.runtime import loop
 from estimator_gan.runtime import failures
 from estimator_gan.runtime import model_dir as model_dir_lib
 from test_cli import TINY, run_train
@@ -170,6 +174,45 @@ def test_sigint_saves_and_exits_130(tmp_path):
     assert assert_model_dir_intact(model_dir) == int(stopped[0].split()[5])
 
 
+def test_sigterm_during_start_up_exits_0_with_a_line(tmp_path):
+    """SIGTERM before training's own handler is up (here: while the config's generator module
+    is imported) exits 0 with a line, as documented, not 143 in silence. The module blocks on a
+    FIFO, so the signal lands in start-up whatever the host's speed."""
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    (tmp_path / "startup_blocker.py").write_text(
+        f"open({fifo!r}).read()  # start-up waits here until the test writes\n"
+        "from custom_nets import v1_generator as generator\n")
+    model_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO_ROOT, "tests"), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, "run_train.py"), "--model-dir", str(model_dir),
+         "--set", "model.generator_fn=startup_blocker:generator", *TINY],
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = []
+
+    def blocked_in_start_up():
+        assert proc.poll() is None, proc.communicate()
+        try:
+            writer.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO until it reads
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(blocked_in_start_up, what="start-up to reach the config's generator module")
+        proc.send_signal(signal.SIGTERM)
+        os.close(writer.pop())  # unblock, should the signal not have ended it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert err.strip().splitlines() == [
+        "SIGTERM received outside the training loop: exiting; nothing unsaved was lost"], err
+    assert not model_dir.exists()
+
+
 def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
     """Kills cycle through three moments: start-up (graph building, restore, first save), the
     instant a save's temporary file appears, and a random moment of the loop (checkpoints every
@@ -201,12 +244,16 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
             proc.wait(30)
         finally:
             stop(proc)
+        holder = read(lock_path).strip() if os.path.exists(lock_path) else ""
+        took_lock = bool(holder) and json.loads(holder)["pid"] == proc.pid
         if i:
             assert (f"resuming at step {latest}," if latest else "from scratch") in read(out), read(out)
-            # a kill before the lock was taken leaves no holder to take over from
-            assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
-            takeovers += stale_lock
-        stale_lock = os.path.exists(lock_path) and bool(read(lock_path).strip())
+            # a kill before the lock was taken leaves no holder to take over from, and a run
+            # killed before it reached the lock took nothing over
+            if took_lock:
+                assert ("taking over the stale lock" in read(out)) == stale_lock, read(out)
+                takeovers += stale_lock
+        stale_lock = bool(holder)
         partial_kills += sorted(os.path.basename(p) for p in
                                 set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
@@ -332,6 +379,45 @@ def test_model_too_large_for_memory_is_refused_before_anything_is_written(tmp_pa
     assert not model_dir.exists(), message
 
 
+def test_batch_too_large_for_memory_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """The default job at data.batch_size=100000 under a 10 GiB limit died of std::bad_alloc
+    (exit 134) after writing ckpt-0; the step's memory is estimated from the graph first."""
+    limit = memory_lib.Memory(10 << 30, "its cgroup's memory limit")
+    monkeypatch.setattr(memory_lib, "available", lambda: limit)
+    model_dir = tmp_path / "m"
+    code = cli.main(["train", "--model-dir", str(model_dir), "--set", "data.batch_size=100000"])
+    message = assert_one_line_error(code, capsys.readouterr().err,
+                                    "error: data.batch_size=100000 needs about ", " GiB per training step",
+                                    "more than 80% of its cgroup's memory limit, 10.0 GiB: lower "
+                                    "data.batch_size (about ")
+    assert not model_dir.exists(), message
+    fits = int(message.split("(about ")[1].split()[0])
+    assert 20000 < fits < 50000, message  # measured: about 183 KB per example for this model
+    default = loop.check_model_size(gan_lib.GANParts.from_params({"config": config_lib.resolve(
+        config_lib.load_config(None, [f"data.batch_size={fits}"]))}), limit)
+    assert default.variable_bytes + default.step_bytes <= 0.8 * limit.bytes
+
+
+def test_memory_limit_is_read_from_the_cgroup(tmp_path):
+    proc = tmp_path / "cgroup"
+    v1_dir = tmp_path / "fs" / "memory" / "job" / "task"
+    v1_dir.mkdir(parents=True)
+    proc.write_text("4:memory:/job/task\n1:cpu:/\n")
+    (v1_dir / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # unlimited
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) is None
+    (v1_dir.parent / "memory.limit_in_bytes").write_text(f"{10 << 30}\n")  # the job's limit binds
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) == 10 << 30
+    v2_dir = tmp_path / "fs" / "user.slice" / "job"
+    v2_dir.mkdir(parents=True)
+    proc.write_text("0::/user.slice/job\n")
+    (v2_dir / "memory.max").write_text("max\n")
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) is None
+    (v2_dir / "memory.max").write_text(f"{3 << 30}\n")
+    assert memory_lib.cgroup_limit(str(proc), str(tmp_path / "fs")) == 3 << 30
+    assert memory_lib.cgroup_limit(str(tmp_path / "missing"), str(tmp_path / "fs")) is None
+    assert memory_lib.available().bytes <= memory_lib.physical_bytes()
+
+
 def test_empty_image_folder(tmp_path, capsys):
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "notes.txt").write_text("no images here")
@@ -403,6 +489,24 @@ def test_mixed_sizes_are_resized_and_corrupt_files_skipped_with_a_count(trained_
     assert assert_model_dir_intact(model_dir) == 2
 
 
+def test_skipped_files_are_noted_once(trained_dir):
+    """The training input and the sample pictures read the same folder; the note is said once."""
+    _, code, _, err = trained_dir
+    assert code == 0, err
+    assert err.count("skipped 1 undecodable files") == 1, err
+
+
+def test_npy_source_smaller_than_one_batch_trains_with_a_note(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.RandomState(0).normal(size=(5, 2)).astype(np.float32))
+    code, out, err = cli_train(capsys, tmp_path / "m", "--set", "data.source=npy", "--set",
+                               f"data.path={tmp_path / 'x.npy'}", "--set", "model.architecture=mlp",
+                               "--max-steps", "2")
+    assert code == 0, err
+    assert "done: step 2" in out
+    assert err.count("note: npy has 5 examples, fewer than one batch (data.batch_size=16): every "
+                     "batch repeats them") == 1, err
+
+
 def test_labels_out_of_range(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((20, 2), np.float32))
     np.save(tmp_path / "y.npy", np.arange(20) % 5)
@@ -434,13 +538,21 @@ def test_tfrecord_without_the_image_feature(tmp_path, capsys):
                                      f"data.path={path}")[::2], f"tfrecord: {path} has no feature 'image/encoded'")
 
 
+def test_file_that_is_not_a_tfrecord_gives_tensorflows_reason_only(tmp_path, capsys):
+    path = tmp_path / "x.tfrecord"
+    path.write_bytes(b"these bytes are not a TFRecord file at all")
+    message = assert_one_line_error(*cli_train(capsys, tmp_path / "m", "--set", "data.source=tfrecord",
+                                               "--set", f"data.path={path}")[::2])
+    assert message == f"error: tfrecord: cannot read {path} (corrupted record at 0 (Is this even a TFRecord file?))"
+
+
 def test_checkpoint_of_a_different_architecture_without_its_config(trained_dir, tmp_path, capsys):
     model_dir = tmp_path / "copy"
     subprocess.run(["cp", "-r", trained_dir[0], str(model_dir)], check=True)
     os.remove(model_dir / "config.yaml")  # so only the checkpoint itself can tell
     result = cli_train(capsys, model_dir, "--set", "data.image_size=8", "--max-steps", "3",
                        "--set", "model.z_dim=9")
-    assert_one_line_error(*result[::2], f"{model_dir} holds a checkpoint of a different architecture "
+    assert_one_line_error(*result[::2], f"{model_dir} holds a checkpoint that does not fit these settings "
                           "(generator/project/kernel: [8, ", "in the checkpoint, [9, ")
 
 
@@ -529,3 +641,142 @@ def test_model_dir_on_a_tensorflow_filesystem(tmp_path, monkeypatch, capsys):
     assert cli.main(["evaluate", "--model-dir", model_dir, "--export", exports, *eval_args]) == 0
     capsys.readouterr()
     assert not os.path.exists("ram:") and not os.listdir(tmp_path), os.listdir(tmp_path)
+
+
+# ------------------------------------------ refused runs, and the commands that read a model dir
+
+RING_SMALL = ["--set", "data.batch_size=16", "--set", "data.mixture.num_examples=256",
+              "--set", "model.generator.hidden_units=[16]", "--set", "model.discriminator.hidden_units=[16]",
+              "--set", "train.save_checkpoints_steps=2", "--set", "train.log_every_steps=2",
+              "--set", "eval.num_samples=200", "--set", "eval.eval_batches=2"]
+
+
+def run_cli(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(model_dir):
+    """{relative path: (size, mtime_ns, content hash)} of every file under `model_dir` (the lock
+    file's content only: a run takes the lock before it reads the checkpoint)."""
+    files = {}
+    for root, _, names in os.walk(model_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                mtime = os.stat(path).st_mtime_ns if name != model_dir_lib.LOCK_FILENAME else None
+                files[os.path.relpath(path, model_dir)] = (os.path.getsize(path), mtime, hash(f.read()))
+    return files
+
+
+@pytest.fixture(scope="module")
+def ring_dir(tmp_path_factory):
+    """A 4-step `mixture_ring` run (small networks), checkpoints at steps 0, 2 and 4."""
+    model_dir = str(tmp_path_factory.mktemp("ring") / "run")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["train", "--config", "mixture_ring", "--model-dir", model_dir, *RING_SMALL,
+                         "--max-steps", "4"])
+    assert code == 0, err.getvalue()
+    return model_dir
+
+
+def ring_copy(ring_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(ring_dir, model_dir)
+    return model_dir
+
+
+def test_a_refused_run_writes_nothing_to_the_model_dir_and_its_advice_works(ring_dir, tmp_path, capsys):
+    """Another optimizer (other slot variables) is refused before anything is written, so the
+    saved config still is the run's and the advice `--config <model dir>/config.yaml` resumes it;
+    without a config.yaml, a run of the default (DCGAN) config leaves none behind either."""
+    model_dir = ring_copy(ring_dir, tmp_path)
+    before = snapshot(model_dir)
+    code, out, err = run_cli(capsys, "train", "--config", "mixture_ring", "--model-dir", model_dir, *RING_SMALL,
+                             "--max-steps", "6", "--set", "train.generator_optimizer.name=rmsprop")
+    assert_one_line_error(code, err, f"{model_dir} holds a checkpoint", "G_RMSProp is not in the checkpoint",
+                          f"--config {model_dir}/config.yaml")
+    assert snapshot(model_dir) == before
+
+    code, out, err = run_cli(capsys, "train", "--config", f"{model_dir}/config.yaml", "--model-dir", model_dir,
+                             "--max-steps", "6")
+    assert code == 0, err
+    assert "resuming at step 4, to step 6" in out and "done: step 6" in out
+
+    os.remove(os.path.join(model_dir, "config.yaml"))
+    before = snapshot(model_dir)
+    code, out, err = run_cli(capsys, "train", "--model-dir", model_dir, "--set", "data.image_size=8")
+    assert_one_line_error(code, err, f"{model_dir} holds a checkpoint", "is not in the checkpoint")
+    assert snapshot(model_dir) == before
+    assert_one_line_error(*run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir",
+                                   tmp_path / "exports")[::2], f"{model_dir} has no config.yaml")
+
+
+@pytest.mark.parametrize("damage", ["empty-newest-index", "no-state-file", "outdated-state-file"])
+def test_every_command_reads_the_newest_readable_checkpoint(ring_dir, tmp_path, capsys, damage):
+    """`export`, `generate --model-dir` and `evaluate` read the checkpoint `train` would resume
+    from: the newest that reads in full, whatever the state file says; none of them changes the
+    model dir."""
+    model_dir = ring_copy(ring_dir, tmp_path)
+    state = os.path.join(model_dir, "checkpoint")
+    if damage == "empty-newest-index":
+        open(os.path.join(model_dir, "model.ckpt-4.index"), "w").close()
+        expected, note = 2, "note: checkpoint model.ckpt-4 is unreadable ("
+    elif damage == "no-state-file":
+        os.remove(state)
+        expected, note = 4, f"note: {model_dir} has no checkpoint state file; using model.ckpt-4"
+    else:
+        tf.compat.v1.train.update_checkpoint_state(model_dir, f"{model_dir}/model.ckpt-2")
+        expected, note = 4, "note: the checkpoint state file lists model.ckpt-2 but model.ckpt-4 is newer"
+    before = snapshot(model_dir)
+
+    code, out, err = run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", tmp_path / "exports")
+    assert code == 0, err
+    assert f"exported step {expected} as version 1" in out and note in err
+    code, out, err = run_cli(capsys, "generate", "--model-dir", model_dir, "--count", "5",
+                             "--out", tmp_path / "x.npy")
+    assert code == 0, err
+    assert f"(step {expected})" in out and np.load(tmp_path / "x.npy").shape == (5, 2)
+    code, out, err = run_cli(capsys, "evaluate", "--model-dir", model_dir, "--output", tmp_path / "eval.json")
+    assert code == 0, err
+    assert f"step {expected}: " in out
+    after = snapshot(model_dir)
+    assert {k: v for k, v in after.items() if not k.startswith(("evaluation", "eval" + os.sep))} == before
+
+
+def test_a_checkpoint_name_is_one_of_the_model_dir(ring_dir, tmp_path, capsys):
+    """`--checkpoint model.ckpt-2` is a checkpoint of `--model-dir`; a wrong one lists them."""
+    model_dir = ring_copy(ring_dir, tmp_path)
+    exports = tmp_path / "exports"
+    code, out, err = run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", exports,
+                             "--checkpoint", "model.ckpt-2")
+    assert code == 0, err
+    assert "exported step 2 as version 1" in out
+    code, out, err = run_cli(capsys, "evaluate", "--model-dir", model_dir, "--checkpoint", "model.ckpt-0",
+                             "--output", tmp_path / "eval.json")
+    assert code == 0, err
+    assert "step 0: " in out
+    assert_one_line_error(*run_cli(capsys, "export", "--model-dir", model_dir, "--export-dir", exports,
+                                   "--checkpoint", "model.ckpt-3")[::2],
+                          "checkpoint not found: model.ckpt-3", "model.ckpt-0, model.ckpt-2, model.ckpt-4")
+
+
+def test_a_model_dir_that_is_a_file_is_named_as_such(ring_dir, tmp_path, capsys):
+    config = os.path.join(ring_dir, "config.yaml")
+    for command in (["export", "--export-dir", tmp_path / "exports"], ["evaluate"],
+                    ["generate", "--out", tmp_path / "x.npy"]):
+        assert_one_line_error(*run_cli(capsys, command[0], "--model-dir", config, *command[1:])[::2],
+                              f"{config} is a file, not a model dir")
+
+
+def test_an_unreadable_named_checkpoint_is_a_one_line_error_naming_it(ring_dir, tmp_path, capsys):
+    model_dir = ring_copy(ring_dir, tmp_path)
+    path = os.path.join(model_dir, "model.ckpt-2")
+    with open(path + ".data-00000-of-00001", "r+b") as f:
+        f.truncate(50)
+    for command in (["export", "--export-dir", tmp_path / "exports"], ["evaluate"]):
+        assert_one_line_error(*run_cli(capsys, command[0], "--model-dir", model_dir, *command[1:],
+                                       "--checkpoint", path)[::2],
+                              f"checkpoint {path} is unreadable (")

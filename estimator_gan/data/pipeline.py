@@ -15,7 +15,8 @@ What a caller must know:
   its own shard and yields per-replica batches.
 * **In memory** are the digits, mixture2d, mnist and npy sources, and image folders, TFRecords
   and TFDS data sets when `data.cache` is on and the decoded examples fit in a quarter of the
-  RAM (they are decoded once, when the input_fn is made). Their training order is a pure function of
+  memory (`memory.available()`: the RAM or a cgroup's limit; they are decoded once, when the
+  input_fn is made). Their training order is a pure function of
   the seed: epoch `e` visits the examples in a stateless permutation keyed on `(seed, e)`, and
   the stream is cut into batches across epoch boundaries. `start_example` starts that stream
   at an exact position, which is how a resumed run continues the order of an uninterrupted
@@ -27,18 +28,20 @@ What a caller must know:
   `start_example`, so no batch is systematically replayed, but the order is not the
   uninterrupted one.
 * Image files are checked with PIL before training (`on_corrupt`: fail with the file's name,
-  or skip it). A TFRecord source is checked on its first record only; a later undecodable
+  or skip it, which `make_input_fn` notes once on stderr, as it notes a training set smaller
+  than one batch). A TFRecord source is checked on its first record only; a later undecodable
   record stops the pipeline with a TensorFlow error ('fail') or is dropped ('skip').
 """
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from estimator_gan import memory
 from estimator_gan.data import images as image_lib
 from estimator_gan.data import sources
 from estimator_gan.errors import DataError
@@ -60,6 +63,7 @@ def make_input_fn(cfg, training: bool = True, seed: Optional[int] = None,
     if seed is None:
         seed = int(np.random.randint(2 ** 31 - 1))
     src = sources.load(cfg, seed)
+    _print_notes(cfg, src, training)
     if isinstance(src, sources.Files) and cfg.cache and _fits_in_memory(src.count, src.shape):
         src = decode_all(cfg, src)
 
@@ -73,6 +77,21 @@ def make_input_fn(cfg, training: bool = True, seed: Optional[int] = None,
         return ds.prefetch(AUTOTUNE)
 
     return input_fn
+
+
+def _print_notes(cfg, src: sources.Loaded, training: bool, stream=None) -> None:
+    """What a user should know about the data, said once per input_fn (not again by
+    `load_examples`, which reads the same data for pictures and metrics): files skipped as
+    undecodable, and a training set smaller than one batch, whose batches repeat examples."""
+    stream = stream or sys.stderr
+    skipped = getattr(src, "skipped", ())
+    if skipped:
+        print(f"{cfg.source}: skipped {len(skipped)} undecodable files (first: {skipped[0]})",
+              file=stream, flush=True)
+    count = len(src.x) if isinstance(src, sources.Arrays) else (src.count if src.count_is_exact else None)
+    if training and count is not None and count < cfg.batch_size:
+        print(f"note: {cfg.source} has {count} examples, fewer than one batch "
+              f"(data.batch_size={cfg.batch_size}): every batch repeats them", file=stream, flush=True)
 
 
 def load_examples(cfg, limit: Optional[int] = None,
@@ -193,8 +212,4 @@ def _streamed_batches(cfg, src: sources.Files, training, seed, shards, shard_id,
 
 
 def _fits_in_memory(examples: int, shape) -> bool:
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        ram = 8 << 30
-    return examples * int(np.prod(shape)) <= ram // 4
+    return examples * int(np.prod(shape)) <= memory.available().bytes // 4

@@ -24,7 +24,6 @@ import io
 import os
 import re
 import struct
-import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -35,7 +34,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from estimator_gan.data import images as image_lib
-from estimator_gan.errors import DataError
+from estimator_gan.errors import DataError, op_error_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords")
@@ -51,7 +50,8 @@ class Arrays:
 
 @dataclass(frozen=True)
 class Files:
-    """Files the pipeline decodes; `count` is exact for images, estimated for tfrecord."""
+    """Files the pipeline decodes; `count` is exact for images, estimated for tfrecord.
+    `skipped`: files left out as undecodable (`on_corrupt: skip`), for the pipeline's note."""
 
     source: "Source"
     files: Tuple[str, ...]
@@ -59,6 +59,7 @@ class Files:
     labeled: bool
     count: int
     count_is_exact: bool
+    skipped: Tuple[str, ...] = ()
 
 
 Loaded = Union[Arrays, Files]
@@ -414,11 +415,9 @@ class ImageFolder(Source):
                 raise DataError(f"images: cannot decode {f} ({problem})")
             else:
                 bad.append(f)
-        if bad:
-            print(f"images: skipped {len(bad)} undecodable files (first: {bad[0]})", file=sys.stderr)
         if not good:
             raise DataError(f"images: no decodable PNG/JPEG files in {root} ({len(bad)} skipped)")
-        return Files(self, tuple(good), self.sample_shape(cfg), False, len(good), True)
+        return Files(self, tuple(good), self.sample_shape(cfg), False, len(good), True, tuple(bad))
 
     def examples(self, cfg, src: Files, files: tf.data.Dataset) -> tf.data.Dataset:
         size, _, channels = src.shape
@@ -495,7 +494,7 @@ def _first_record(files: List[str], path: str) -> Tuple[str, bytes]:
             except tf.errors.OutOfRangeError:
                 continue
             except tf.errors.OpError as err:
-                raise DataError(f"tfrecord: cannot read {f} ({err.message})") from None
+                raise DataError(f"tfrecord: cannot read {f} ({op_error_text(err.message)})") from None
     raise DataError(f"tfrecord: no records in {path}")
 
 

@@ -3,7 +3,10 @@
 A network is any callable `fn(inputs, labels, mode, params)`; config files name one by import
 path, `"package.module:attribute"` (the current directory is importable, as for `python -m`).
 `resolve` and `check_callable` turn a bad path or a wrong signature into a one-line error that
-names it, before any graph is built.
+names it, before any graph is built. A function passed from Python that no import path reaches
+(defined in the training script's `__main__`, a lambda, a closure) is recorded as
+`"in-script:<name>"` (`recorded_name`): the model dir then says what it was, and the command
+line, which cannot rebuild it, refuses it in one line.
 
 Variable sharing: the model_fns call a role's network several times per graph (D on real, on
 fake, in the G update, in a gradient penalty) inside the role's variable scope with
@@ -26,6 +29,7 @@ from typing import Any, Callable, Optional
 import tensorflow as tf
 
 from estimator_gan.errors import ConfigError, NetworkError
+from estimator_gan.model import layers
 
 v1 = tf.compat.v1
 
@@ -33,11 +37,20 @@ GENERATOR_SIGNATURE = "fn(noise, labels, mode, params) -> samples"
 DISCRIMINATOR_SIGNATURE = "fn(samples, labels, mode, params) -> logits"
 
 
+IN_SCRIPT = "in-script:"
+
+
 def resolve(path: str, what: str) -> Any:
     """The object at import path `"package.module:attribute"` (attribute may be dotted).
 
     `what` names the setting in the error, e.g. `model.generator_fn`.
     """
+    if str(path).startswith(IN_SCRIPT):
+        name = str(path)[len(IN_SCRIPT):]
+        raise ConfigError(
+            f"{what}: this run's network {name} was defined in the training script and passed to "
+            f"eg.GAN, so only that script can rebuild it: export it there with GAN.export (or "
+            f"define it in an importable module and pass it from there)")
     module_name, sep, attribute = str(path).partition(":")
     if not (sep and module_name.strip() and attribute.strip()):
         raise ConfigError(f"{what}: {path!r} is not an import path of the form 'package.module:name'")
@@ -73,6 +86,19 @@ def import_path(obj: Any) -> Optional[str]:
             pass
     names = [name for name, value in vars(module).items() if value is obj and not name.startswith("_")]
     return f"{module_name}:{names[0]}" if names else None
+
+
+def recorded_name(obj: Any) -> str:
+    """What a saved config records for a function passed from Python: its `import_path`, else
+    `"in-script:<name>"`, which `resolve` refuses with a one-line error."""
+    path = import_path(obj)
+    if path is not None:
+        return path
+    return IN_SCRIPT + str(getattr(obj, "__name__", None) or type(obj).__name__)
+
+
+def is_in_script(path: Optional[str]) -> bool:
+    return str(path or "").startswith(IN_SCRIPT)
 
 
 def check_callable(fn: Any, num_args: int, what: str, expected: str, error=TypeError) -> Callable:
@@ -111,7 +137,9 @@ def keras_network(build_model: Callable) -> Callable:
     restore across the generator, discriminator and orchestrator Estimators). The model is
     called as `model(inputs, training=mode == TRAIN)`, or `model([inputs, labels], ...)` when
     `model.conditional` is set. In TRAIN mode its new updates (batch-norm moving statistics) go
-    to `UPDATE_OPS`, where the model_fns collect them for that role's update only.
+    to `UPDATE_OPS`, where the model_fns collect them for that role's update only, and each
+    `tf.keras.layers.BatchNormalization` reports its moving statistics and batch moments like
+    `layers.batch_norm`, so an export recomputes its statistics ("standing statistics").
     A discriminator may return logits `[B]` or `[B, 1]`. The generator EMA
     (`model.generator.ema_decay`) does not apply to a Keras generator: its weights bypass the
     variable-scope getter that PREDICT reads the EMA through, so it is skipped (with a warning).
@@ -133,6 +161,8 @@ def keras_network(build_model: Callable) -> Callable:
                 # variable names do not depend on which role a graph builds first.
                 tf.keras.backend.reset_uids()
                 per_graph[scope] = build_model(params) if takes_params else build_model()
+                for layer in _batch_norm_layers(per_graph[scope]):
+                    _report_batch_moments(layer)
             model = per_graph[scope]
             training = mode == tf.estimator.ModeKeys.TRAIN
             before = {id(u) for u in model.updates}
@@ -153,3 +183,34 @@ def keras_network(build_model: Callable) -> Callable:
     network.__module__ = build_model.__module__
     network.__doc__ = build_model.__doc__
     return network
+
+
+def _batch_norm_layers(model) -> list:
+    """The Keras batch-norm layers of a model or layer, nested ones included."""
+    modules = [model] + list(getattr(model, "submodules", ()))
+    return [m for m in modules if isinstance(m, tf.keras.layers.BatchNormalization)]
+
+
+def _report_batch_moments(layer) -> None:
+    """Make a Keras batch-norm layer add, on each training-mode call, its moving statistics and
+    the batch's moments (population variance) to the `layers.BATCH_NORM_*` collections, as
+    `layers.batch_norm` does: the standing statistics of an export read them. Layers that
+    normalise otherwise (renorm, virtual batches, several axes, frozen) report nothing."""
+    original = layer.call
+
+    def call(inputs, *args, **kwargs):
+        outputs = original(inputs, *args, **kwargs)
+        training = kwargs.get("training", args[0] if args else None)
+        axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if (training is True and layer.trainable and not layer.renorm and len(axes) == 1
+                and layer.virtual_batch_size is None):
+            rank = inputs.shape.rank
+            channel = axes[0] % rank
+            mean, variance = tf.nn.moments(tf.cast(inputs, tf.float32),
+                                           [i for i in range(rank) if i != channel])
+            for key, value in zip(layers.BATCH_NORM_COLLECTIONS,
+                                  (layer.moving_mean, layer.moving_variance, mean, variance)):
+                v1.add_to_collection(key, value)
+        return outputs
+
+    layer.call = call

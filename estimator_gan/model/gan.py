@@ -122,10 +122,9 @@ class GANParts:
     @classmethod
     def from_params(cls, params: dict) -> "GANParts":
         config = params["config"]
-        gen, disc = networks.networks_for(config)
+        gen, disc = networks.networks_for(config, params.get("generator_fn"), params.get("discriminator_fn"))
         loss = params.get("loss") or losses_lib.as_loss(config.loss.name)
-        return cls(config, params.get("generator_fn") or gen,
-                   params.get("discriminator_fn") or disc, loss)
+        return cls(config, gen, disc, loss)
 
     @property
     def model(self):

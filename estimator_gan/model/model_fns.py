@@ -148,8 +148,8 @@ def generator_predict_spec(parts: gan.GANParts, features) -> tf.estimator.Estima
     batch norm in inference mode; the export outputs are `signatures.generator_signatures`."""
     raw_noise = tf.convert_to_tensor(signatures.feature(features, "noise"), tf.float32)
     labels = signatures.optional_feature(features, "labels")
-    noise = signatures.checked_labels_count(
-        signatures.checked_shape(raw_noise, [parts.model.z_dim], "noise"), labels)
+    noise = signatures.checked_labels_count(signatures.checked_finite(
+        signatures.checked_shape(raw_noise, [parts.model.z_dim], "noise"), "noise"), labels)
     samples = gan.generator_model(parts, noise, labels).generated
     exported = dict(features) if isinstance(features, dict) else {"noise": raw_noise}
     exported["noise"] = raw_noise

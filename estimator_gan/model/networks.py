@@ -25,7 +25,7 @@ weight is divided by an estimate of its largest singular value (`layers.spectral
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, NamedTuple, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -214,17 +214,23 @@ def check(model) -> None:
         ARCHITECTURES[model.architecture].check(model)
 
 
-def networks_for(config) -> Tuple[NetworkFn, NetworkFn]:
-    """The (generator, discriminator) pair a config names: the architecture's, each replaced by
-    the function at `model.generator_fn` / `model.discriminator_fn` when set. `ConfigError` for
-    a model the architecture cannot build (checked when the sample shape is known)."""
+def networks_for(config, generator_fn: Optional[NetworkFn] = None,
+                 discriminator_fn: Optional[NetworkFn] = None) -> Tuple[NetworkFn, NetworkFn]:
+    """The (generator, discriminator) pair: `generator_fn` / `discriminator_fn` when given,
+    else the function at `model.generator_fn` / `model.discriminator_fn` when set, else the
+    architecture's. `ConfigError` for a model the architecture cannot build (checked when the
+    sample shape is known)."""
     arch = ARCHITECTURES[config.model.architecture]
     gen, disc = arch.generator, arch.discriminator
     if config.model.sample_shape is not None:
         check(config.model)
-    if config.model.generator_fn:
+    if generator_fn is not None:
+        gen = generator_fn
+    elif config.model.generator_fn:
         gen = custom.network_function(config.model.generator_fn, "generator", "model.generator_fn")
-    if config.model.discriminator_fn:
+    if discriminator_fn is not None:
+        disc = discriminator_fn
+    elif config.model.discriminator_fn:
         disc = custom.network_function(config.model.discriminator_fn, "discriminator",
                                        "model.discriminator_fn")
     return gen, disc

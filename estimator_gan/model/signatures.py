@@ -12,8 +12,9 @@ uint8 `images` and PNG `png_bytes`; a conditional model's also take int32 `label
 * `seed_truncated` — plus float32 `truncation`: noise from the normal truncated to [-t, t].
 
 Discriminator signature `serving_default`: float32 `samples [N, *sample_shape]` -> `logits`,
-`probabilities`. Inputs of the wrong shape fail in-graph with a readable message, since TF
-Serving's C++ server does not check requests against the signature.
+`probabilities`. Inputs of the wrong shape or rank, and noise that is not finite, fail in-graph
+with a readable message, since TF Serving's C++ server does not check requests against the
+signature.
 
 `example_inputs` gives a small valid value for every input name above; the export's TF Serving
 warm-up requests (`serving.warmup`) are made of them, so a new input needs an example there too.
@@ -128,12 +129,33 @@ class SignatureOutput(tf.estimator.export.PredictOutput):
 
 def checked_shape(tensor, shape: Sequence[int], name: str) -> tf.Tensor:
     """`tensor` after an in-graph check that it is `[batch, *shape]`, failing with a readable
-    message instead of an obscure matmul or reshape error."""
+    message instead of an obscure matmul or reshape error.
+
+    The check reads only the runtime shape: a served graph's placeholder declares its rank,
+    and Grappler folds a rank or size computed from it into a constant, so a request of
+    another rank (which TF Serving does not refuse) would pass a rank check. Padding the
+    runtime shape with -1s and comparing `[*shape, -1]` catches a missing or an extra axis."""
     expected = f"{name} must have shape (batch, {', '.join(str(d) for d in shape)})"
     actual = tf.shape(tensor)
-    ok = tf.logical_and(tf.equal(tf.size(actual), len(shape) + 1),
-                        tf.reduce_all(tf.equal(actual[1:], list(shape))))
+    padded = tf.concat([actual, tf.fill([len(shape) + 1], -1)], 0)[1:len(shape) + 2]
+    ok = tf.reduce_all(tf.equal(padded, list(shape) + [-1]))
     with tf.control_dependencies([tf.debugging.Assert(ok, [expected + "; got shape", actual])]):
+        return tf.identity(tensor)
+
+
+def checked_finite(tensor, name: str) -> tf.Tensor:
+    """`tensor` `[batch, n]` after an in-graph check that every value is finite, failing with
+    `<name> must be finite; row R, column C is nan` for the first value that is not (the
+    message `ServedGenerator.from_noise` gives), instead of serving NaN samples."""
+    flat = tf.reshape(tensor, [-1])
+    bad = tf.logical_not(tf.math.is_finite(flat))
+    # the first non-finite value; the appended True keeps argmax defined for an empty batch
+    first = tf.argmax(tf.concat([bad, [True]], 0), output_type=tf.int32)
+    columns = tf.maximum(tf.shape(tensor)[1], 1)
+    value = tf.concat([flat, tf.zeros([1], flat.dtype)], 0)[first]
+    message = tf.strings.format(name + " must be finite; row {}, column {} is {}",
+                                [first // columns, first % columns, value])
+    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])]):
         return tf.identity(tensor)
 
 

@@ -8,8 +8,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from estimator_gan import fileio
-from estimator_gan.checkpoints import last_good
+from estimator_gan import checkpoints
 
 v1 = tf.compat.v1
 EXIT_DIVERGED = 3
@@ -24,9 +23,9 @@ def describe_failure(err: BaseException, model_dir: Optional[str] = None) -> Opt
     if isinstance(err, v1.train.NanLossDuringTrainingError):
         return "a loss became NaN: training stopped without saving", EXIT_DIVERGED
     kept = ""
-    if model_dir and fileio.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
+    if model_dir and checkpoints.on_disk(model_dir):
         with contextlib.suppress(Exception):  # a message, not a second failure
-            kept = f"; {last_good(model_dir)} in {model_dir}"
+            kept = f"; {checkpoints.last_good(model_dir)} in {model_dir}"
     if isinstance(err, OSError):
         where = err.filename or "a file"
         if err.errno in (errno.ENOSPC, errno.EDQUOT):

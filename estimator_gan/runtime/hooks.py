@@ -11,8 +11,6 @@ looking into the graph:
 * `NonFiniteLossHook` — raises `TrainingDiverged` (naming the network, the value and the step)
   when a loss becomes NaN/inf, without saving.
 * `SamplePictureHook` — `samples/step_<N>.png` and TensorBoard images at every checkpoint step.
-* `CheckpointCompatibilityHook` — before restoring, compares the graph's variables with the
-  latest checkpoint.
 
 All step numbers are exact at run boundaries, whatever K is: the hooks fetch the global step
 the run ends at (`GANTrainOps.global_step_after`), not the variable, whose read may run before
@@ -23,13 +21,13 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from estimator_gan import checkpoints, fileio, plotting
-from estimator_gan.errors import ConfigError, TrainingDiverged
+from estimator_gan.errors import TrainingDiverged
 from estimator_gan.model import gan
 
 v1 = tf.compat.v1
@@ -209,37 +207,6 @@ class SamplePictureHook(_StepTracker):
         writer = v1.summary.FileWriterCache.get(self._model_dir)
         writer.add_summary(v1.Summary(value=values), self.step)
         writer.flush()
-
-
-class CheckpointCompatibilityHook(tf.estimator.SessionRunHook):
-    """Before the session restores, compares the graph's variables with the latest checkpoint's.
-
-    A `tf.train.Saver` restore of a resource variable takes the checkpoint's shape without
-    complaint, so a mismatch would otherwise surface later as an unrelated-looking op error (or
-    not at all). The config check catches config changes; this also catches a checkpoint whose
-    config.yaml is gone and custom `generator_fn`/`discriminator_fn` that changed.
-    """
-
-    def __init__(self, model_dir: str):
-        self._model_dir = model_dir
-
-    def begin(self):
-        path = tf.train.latest_checkpoint(self._model_dir)
-        if not path:
-            return
-        saved = checkpoints.shapes(path)
-        problems: List[str] = []
-        for variable in v1.global_variables():
-            name, shape = variable.op.name, variable.shape.as_list()
-            if name not in saved:
-                problems.append(f"{name} is not in the checkpoint")
-            elif list(saved[name]) != shape:
-                problems.append(f"{name}: {list(saved[name])} in the checkpoint, {shape} now")
-        if problems:
-            more = f"; {len(problems) - 1} more differ" if len(problems) > 1 else ""
-            raise ConfigError(
-                f"{self._model_dir} holds a checkpoint of a different architecture "
-                f"({problems[0]}{more}); use a new --model-dir or the config it was trained with")
 
 
 class EvaluationPrinter(tf.estimator.Exporter):

@@ -8,11 +8,13 @@ against a few ms for one update in an open session. RunConfig, hooks, resuming a
 distribution work as for any Estimator, and the generator and discriminator Estimators
 predict, evaluate, export or train further from the checkpoints it writes.
 
-What `train` does, in order: reads `TF_CONFIG` (one-line errors before any server starts); on
-the chief, under the model directory's lock: checks the config against the data and the
-checkpoint, checks that the model fits in memory, removes what a killed save left, resumes
-from the newest readable checkpoint, writes `config.yaml`; then trains (single process:
-`Estimator.train`; in a cluster: `tf.estimator.train_and_evaluate`).
+What `train` does, in order: reads `TF_CONFIG` (one-line errors before any server starts);
+checks the config against the data and that the model and one step of `data.batch_size` fit
+in memory; loads the data. Then, on the chief, under the model directory's lock: checks that the newest readable checkpoint
+fits (the saved config's architecture, and every variable of the TRAIN graph: networks,
+optimizer slots); only then writes: removes what a killed save left, points the state file at
+that checkpoint, writes `config.yaml`. Then trains (single process: `Estimator.train`; in a
+cluster: `tf.estimator.train_and_evaluate`).
 
 Exact resume (single process, in-memory data, the built-in input pipeline): the input stream
 starts at the example the checkpoint's step reached, and every random draw is keyed on the
@@ -32,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_gan import checkpoints, fileio
+from estimator_gan import memory as memory_lib
 from estimator_gan import config as config_lib
 from estimator_gan.data import pipeline, sources
 from estimator_gan.errors import ConfigError, DataError
@@ -114,21 +117,20 @@ def check_labels(config) -> None:
             f"{classes}; labels must lie in 0..{classes - 1}")
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 8 << 30
-
-
 class NetworkCost(NamedTuple):
     """What a model costs, estimated from its graph: bytes of its variables with both
-    optimizers' slots and the EMA, its largest variable, and floating-point operations of one
-    global step (forward and backward passes of every update)."""
+    optimizers' slots and the EMA, its largest variable, floating-point operations of one
+    global step (forward and backward passes of every update), and bytes of the tensors one
+    step holds at once (`step_bytes`, activations at `data.batch_size`)."""
 
     variable_bytes: int
     largest: Tuple[str, List[int]]
     step_flops: int
+    step_bytes: int
+
+
+# Tensors not made per example: constants and variables (counted in variable_bytes) and views.
+_NOT_ACTIVATIONS = {"Const", "VarHandleOp", "VariableV2", "ReadVariableOp", "Identity"}
 
 
 def network_cost(parts: gan.GANParts) -> NetworkCost:
@@ -144,26 +146,82 @@ def network_cost(parts: gan.GANParts) -> NetworkCost:
         options = v1.profiler.ProfileOptionBuilder.float_operation()
         options["output"] = "none"
         forward = v1.profiler.profile(graph, options=options).total_float_ops
+        # Every float tensor of one forward pass of G and D. Measured on the default DCGAN at
+        # batch 2048 and 8192, a training step's peak memory grew by 0.85-0.95 times this sum
+        # (the backward passes reuse what the forward ones free).
+        activations = sum(int(np.prod(t.shape.as_list())) * t.dtype.size
+                          for op in graph.get_operations() if op.type not in _NOT_ACTIVATIONS
+                          for t in op.outputs if t.dtype.is_floating and t.shape.is_fully_defined())
     copies = 4 if parts.ema_decay is not None else 3  # weights, two Adam slots, EMA
     _, largest = max(sizes, key=lambda pair: pair[0])
     # Each update runs about one forward of both networks and twice that backward.
     return NetworkCost(sum(size for size, _ in sizes) * copies,
                        (largest.op.name, largest.shape.as_list()),
-                       3 * forward * (train.d_steps + train.g_steps))
+                       3 * forward * (train.d_steps + train.g_steps), activations)
 
 
-def check_model_size(parts: gan.GANParts, memory: Optional[int] = None) -> NetworkCost:
-    """Refuse networks whose variables (with both optimizers' slots and the EMA) would not fit
-    in half of this machine's memory; returns the `NetworkCost`."""
+# A step may use this share of the memory; the rest is TensorFlow's own (about 0.7 GB), the
+# input pipeline's and the process's.
+STEP_MEMORY_SHARE = 0.8
+
+
+def check_model_size(parts: gan.GANParts, memory: Optional[memory_lib.Memory] = None) -> NetworkCost:
+    """Refuse, before anything is written, networks whose variables (with both optimizers'
+    slots and the EMA) would not fit in half of the memory this process may use
+    (`memory.available()`: the RAM or a cgroup's limit), and a `data.batch_size` whose training
+    step would not fit in `STEP_MEMORY_SHARE` of it (TensorFlow would die of `std::bad_alloc`
+    mid-run); returns the `NetworkCost`."""
     cost = network_cost(parts)
-    memory = memory or _memory_bytes()
-    if cost.variable_bytes > memory // 2:
+    memory = memory or memory_lib.available()
+    gib = 2 ** 30
+    if cost.variable_bytes > memory.bytes // 2:
         name, shape = cost.largest
         raise ConfigError(
-            f"the networks need about {cost.variable_bytes / 2 ** 30:.1f} GiB for their variables "
-            f"and optimizer state, more than half of this machine's {memory / 2 ** 30:.1f} GiB (the "
-            f"largest is {name} {shape}, model.z_dim={parts.model.z_dim}): make the model smaller")
+            f"the networks need about {cost.variable_bytes / gib:.1f} GiB for their variables "
+            f"and optimizer state, more than half of {memory.source}, {memory.bytes / gib:.1f} GiB "
+            f"(the largest is {name} {shape}, model.z_dim={parts.model.z_dim}): make the model smaller")
+    needed = cost.variable_bytes + cost.step_bytes
+    budget = int(memory.bytes * STEP_MEMORY_SHARE)
+    if needed > budget:
+        batch = parts.config.data.batch_size
+        fits = int(0.9 * (budget - cost.variable_bytes) / (cost.step_bytes / batch))
+        fits = int(float(f"{max(fits, 1):.2g}"))  # a round figure, with a margin
+        raise ConfigError(
+            f"data.batch_size={batch} needs about {needed / gib:.1f} GiB per training step (both "
+            f"networks' activations and variables), more than {STEP_MEMORY_SHARE:.0%} of "
+            f"{memory.source}, {memory.bytes / gib:.1f} GiB: lower data.batch_size (about "
+            f"{fits} fits)")
     return cost
+
+
+def training_variables(params: dict) -> dict:
+    """{name: shape} of every variable the orchestrator's TRAIN graph holds (networks, EMA,
+    optimizer slots, counters), from a throwaway graph: what a resumed checkpoint must hold."""
+    config = params["config"]
+    model, batch = config.model, config.data.batch_size
+    d_steps = max(config.train.d_steps, 1)
+    with tf.Graph().as_default():
+        v1.train.get_or_create_global_step()
+        features = v1.placeholder(tf.float32, [1, d_steps, batch, *model.sample_shape])
+        labels = v1.placeholder(tf.int32, [1, d_steps, batch]) if model.conditional else None
+        model_fns.gan_model_fn(features, labels, ModeKeys.TRAIN,
+                               dict(params, steps_per_run=1, training_hooks=None))
+        return {v.op.name: v.shape.as_list() for v in v1.global_variables()}
+
+
+def check_resumable(params: dict, model_dir: str, newest: checkpoints.Newest) -> None:
+    """Refuse, before anything is written, a checkpoint these settings cannot resume: another
+    architecture by the saved config, or variables the TRAIN graph needs that the checkpoint
+    lacks or holds in another shape (other networks, another optimizer's slots), which also
+    covers a model dir whose config.yaml is gone."""
+    if newest.path is None:
+        return
+    model_dir_lib.check_architecture(params["config"], model_dir)
+    problems = checkpoints.differences(newest.path, training_variables(params))
+    if problems:
+        more = f"; {len(problems) - 1} more differ" if len(problems) > 1 else ""
+        raise ConfigError(f"{model_dir} holds a checkpoint that does not fit these settings "
+                          f"({problems[0]}{more}); {model_dir_lib.resume_advice(model_dir)}")
 
 
 # `train.steps_per_run: null` runs small steps (below COMPUTE_BOUND_FLOPS) MAX_STEPS_PER_RUN at a
@@ -240,7 +298,6 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
     if input_fn is None:
         check_labels(config)
     cost = check_model_size(gan.GANParts.from_params(params))
-    model_dir_lib.check_architecture(config, model_dir)
     start_step = checkpoints.latest_step(model_dir)
 
     def train_input_fn():
@@ -249,16 +306,20 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
         return pipeline.make_input_fn(config.data, training=True, seed=train_cfg.seed,
                                       start_example=start_step * train_cfg.d_steps * config.data.batch_size)
 
-    # The data is loaded and checked before anything is written (ps and evaluator never read it).
+    # The data is loaded and checked before the model dir is touched (ps and evaluator never
+    # read it); the checkpoint is checked under the lock, which keeps other trainings out,
+    # before anything is written.
     reads_data = cluster is None or cluster.worker_index is not None
     train_input = train_input_fn() if reads_data else _lazy_input_fn(train_input_fn)
     with model_dir_lib.RunLock(model_dir) if is_chief else contextlib.nullcontext():
         if is_chief:
+            newest = checkpoints.newest_readable(model_dir)
+            check_resumable(params, model_dir, newest)
+            if newest.step != start_step:  # changed since the data was positioned
+                start_step = newest.step
+                train_input = train_input_fn() if reads_data else train_input
             model_dir_lib.remove_partial_files(model_dir)
-            model_dir_lib.recover_latest_checkpoint(model_dir)
-            if checkpoints.latest_step(model_dir) != start_step:  # an unreadable one set aside
-                start_step = checkpoints.latest_step(model_dir)
-                train_input = train_input_fn()
+            model_dir_lib.recover_latest_checkpoint(model_dir, newest)
             config_lib.save_config(config, model_dir)
         distributed = cluster is not None or config.distribute.strategy != "none"
         k = 1 if distributed else steps_per_run(config, cost.step_flops)
@@ -272,7 +333,7 @@ def train(params: dict, model_dir: str, input_fn: Optional[Callable] = None,
         estimator = tf.estimator.Estimator(
             model_fn=model_fns.gan_model_fn, config=estimator_config,
             params=dict(params, steps_per_run=k, training_hooks=hooks_fn))
-        all_hooks = list(hooks) + [hooks_lib.CheckpointCompatibilityHook(model_dir)]
+        all_hooks = list(hooks)
         if budget is not None:
             all_hooks.append(budget)
         if cluster is None:

@@ -8,7 +8,9 @@ What a caller must know:
   `checkpoint` state file. A run resumes from the newest checkpoint on disk that reads in
   full, whether or not the state file lists it (it is rewritten to list what is there), so
   neither a lost state file nor an unreadable newest checkpoint makes a run start over: an
-  unreadable one is renamed `*.corrupt`, and the run says which one it resumes from.
+  unreadable one is renamed `*.corrupt`, and the run says which one it resumes from. Which one
+  that is, is `checkpoints.newest_readable`, the lookup every command that reads checkpoints
+  uses (they only read: the renaming and the state file are training's, under the lock).
 * `RunLock` is an exclusive `flock` on `<model_dir>/train.lock` on local filesystems (the
   kernel drops it when its process dies, however it dies, so a stale lock is taken over).
   Object stores and `ram://` have no file locks: there the lock file only records who trains,
@@ -33,7 +35,7 @@ import tensorflow as tf
 from estimator_gan import checkpoints
 from estimator_gan import config as config_lib
 from estimator_gan import fileio
-from estimator_gan.errors import ConfigError, CorruptCheckpoint, ModelDirLocked
+from estimator_gan.errors import ConfigError, ModelDirLocked
 
 v1 = tf.compat.v1
 LOCK_FILENAME = "train.lock"
@@ -155,48 +157,38 @@ def remove_partial_files(model_dir: str) -> List[str]:
     return removed
 
 
-def recover_latest_checkpoint(model_dir: str, stream=None) -> Optional[str]:
-    """Make the state file point at the newest checkpoint on disk that reads in full.
+def recover_latest_checkpoint(model_dir: str, newest: Optional[checkpoints.Newest] = None,
+                              stream=None) -> Optional[str]:
+    """Make the state file point at `newest` (default: `checkpoints.newest_readable`), the
+    checkpoint a run resumes from.
 
     Unreadable newer ones (a storage fault: a kill cannot cause it) are renamed `*.corrupt`; a
     missing or outdated state file is rewritten. Returns the note printed (None when nothing
     was wrong); raises `CorruptCheckpoint` when checkpoints exist but none reads.
     """
-    on_disk = checkpoints.on_disk(model_dir)
-    if not on_disk:
+    newest = newest or checkpoints.newest_readable(model_dir)
+    note = newest.note("moved aside as *.corrupt, resuming from" if newest.unreadable else "resuming from")
+    if note is None:
         return None
-    state = tf.train.get_checkpoint_state(model_dir)
-    listed = state.model_checkpoint_path if state is not None else None
-    bad = []
-    for _, path in on_disk:
-        problem = checkpoints.unreadable(path)
-        if problem is None:
-            break
-        bad.append((path, problem))
-    else:
-        raise CorruptCheckpoint(
-            f"no checkpoint in {model_dir} can be read ({fileio.basename(bad[0][0])}: "
-            f"{bad[0][1]}); use a new --model-dir")
-    good = [p for _, p in on_disk if p not in dict(bad)]
-    if not bad and listed is not None and fileio.basename(listed) == fileio.basename(good[0]):
-        return None
-    for path, _ in bad:
+    for path, _ in newest.unreadable:
         for f in fileio.glob(path + ".*"):
             if not f.endswith(".corrupt"):
                 fileio.rename(f, f + ".corrupt", overwrite=True)
-    v1.train.update_checkpoint_state(model_dir, good[0], all_model_checkpoint_paths=good[::-1])
-    resume = fileio.basename(good[0])
-    if bad:
-        note = (f"note: checkpoint {fileio.basename(bad[0][0])} is unreadable ({bad[0][1]}); "
-                f"moved aside as *.corrupt, resuming from {resume}")
-    elif listed is None:
-        note = (f"note: {model_dir} has no checkpoint state file; resuming from {resume}, the "
-                f"newest checkpoint on disk")
-    else:
-        note = (f"note: the checkpoint state file lists {fileio.basename(listed)} but {resume} is "
-                f"newer and complete; resuming from {resume}")
+    bad = {p for p, _ in newest.unreadable}
+    good = [p for _, p in checkpoints.on_disk(model_dir) if p not in bad]
+    if newest.path not in good:
+        good.insert(0, newest.path)
+    v1.train.update_checkpoint_state(model_dir, newest.path, all_model_checkpoint_paths=good[::-1])
     print(note, file=stream or sys.stderr, flush=True)
     return note
+
+
+def resume_advice(model_dir: str) -> str:
+    """What to do about a checkpoint a config cannot resume, for messages."""
+    saved = fileio.join(model_dir, config_lib.CONFIG_FILENAME)
+    if fileio.exists(saved):
+        return f"use a new --model-dir, or resume with the config it was trained with (--config {saved})"
+    return "use a new --model-dir, or resume with the config it was trained with"
 
 
 def check_architecture(config, model_dir: str) -> None:
@@ -207,6 +199,5 @@ def check_architecture(config, model_dir: str) -> None:
     saved = config_lib.resolve(config_lib.load_config(saved_path))
     diffs = config_lib.architecture_differences(saved, config)
     if diffs:
-        raise ConfigError(
-            f"{model_dir} holds a checkpoint of a different architecture ({'; '.join(diffs)}); "
-            "use a new --model-dir or the saved config")
+        raise ConfigError(f"{model_dir} holds a checkpoint of a different architecture "
+                          f"({'; '.join(diffs)}); {resume_advice(model_dir)}")

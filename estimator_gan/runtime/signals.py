@@ -10,6 +10,9 @@ What a caller must know:
   after the final save) there is nothing unsaved, so a signal exits at once with the same code.
 * A second signal, or no exit within `grace_secs` (a step or input pipeline that hangs), exits
   at once with 128 + the signal number; the last checkpoint on disk is still complete.
+* A parameter server (`GracefulStop(active=False)`) keeps the default handlers: it blocks in
+  TensorFlow's server loop, where no Python handler ever runs, and has nothing to save, so
+  SIGTERM and SIGINT end it at once.
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ class GracefulStop:
     failure), 130 for SIGINT (the shell convention for Ctrl-C).
     """
 
-    def __init__(self, grace_secs: float = 25.0, stream=None):
+    def __init__(self, grace_secs: float = 25.0, stream=None, active: bool = True):
         self.grace_secs = grace_secs
+        self.active = active
         self._stream = stream or sys.stderr
         self.signum: Optional[int] = None
         self._previous = {}
@@ -51,7 +55,7 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         for sig in _GRACEFUL_EXIT:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle if self.active else signal.SIG_DFL)
         return self
 
     def __exit__(self, *exc):

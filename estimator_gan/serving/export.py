@@ -40,7 +40,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -80,15 +80,24 @@ class ExportResult:
 # ----------------------------------------------------------------------- standing statistics
 
 
-def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix: str) -> int:
+class Standing(NamedTuple):
+    """What `standing_statistics` did: how many batch-norm layers it recomputed, and the moving
+    statistics it could not recompute (kept as the checkpoint has them)."""
+
+    layers: int
+    kept: List[str]
+
+
+def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix: str) -> Standing:
     """Write a copy of the checkpoint whose generator batch-norm moving statistics are
-    recomputed for the weights PREDICT reads (the EMA, by default); returns how many
-    batch-norm layers were updated.
+    recomputed for the weights PREDICT reads (the EMA, by default).
 
     G runs in training mode (batch statistics) on `export.standing_batches` noise batches of
     `export.standing_batch_size`; each layer's mean becomes the average batch mean and its
-    variance the pooled variance of all samples. Batch norm not built with
-    `layers.batch_norm` (e.g. a custom network's) keeps its moving statistics, with a warning.
+    variance the pooled variance of all samples. Batch norm built with `layers.batch_norm` or
+    a Keras `BatchNormalization` in a `keras_network` reports its batch moments; any other
+    (e.g. `tf.compat.v1.layers.batch_normalization` in your own network) keeps its moving
+    statistics, with a warning, and is listed in `Standing.kept`.
     """
     cfg = parts.config
     ecfg = cfg.export
@@ -106,7 +115,8 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
                   if "moving_" in v.op.name.split("/")[-1] and v.op.name not in covered]
         if missed:
             _log.warning("standing statistics: %d moving statistics not made by layers.batch_norm "
-                         "keep their checkpoint values (%s)", len(missed), ", ".join(missed[:3]))
+                         "or a Keras BatchNormalization in keras_network keep their checkpoint "
+                         "values (%s)", len(missed), ", ".join(missed[:3]))
         restore = v1.train.Saver(v1.global_variables())
         moments = [layer[2:] for layer in layers]
         with v1.Session(graph=graph) as session:
@@ -127,7 +137,7 @@ def standing_statistics(parts: gan.GANParts, checkpoint_path: str, output_prefix
     names = sorted(tensors)
     tf.raw_ops.SaveV2(prefix=output_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[tf.constant(tensors[k]) for k in names])
-    return len(layers)
+    return Standing(len(layers), missed)
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -233,14 +243,14 @@ def _unlocked(path: str) -> bool:
 def export(export_dir: str, generator: tf.estimator.Estimator,
            discriminator: Optional[tf.estimator.Estimator] = None,
            checkpoint_path: Optional[str] = None, tflite: Optional[bool] = None) -> ExportResult:
-    """Export a checkpoint (default: the latest in the generator Estimator's model_dir) as a
+    """Export a checkpoint (default: `checkpoints.newest_readable` of the Estimators' model_dir) as a
     new version of the generator (and of the discriminator, when its Estimator is given), and
     as TFLite when `tflite` (default: `export.tflite` of the config in the Estimators' params)."""
     parts = gan.GANParts.from_params(generator.params)
     config = parts.config
     ecfg = config.export
     tflite = ecfg.tflite if tflite is None else tflite
-    checkpoint_path = checkpoint_path or tf.train.latest_checkpoint(generator.model_dir)
+    checkpoint_path = checkpoint_path or checkpoints.newest_readable(generator.model_dir).path
     if not checkpoint_path:
         raise ExportError(f"no checkpoint in {generator.model_dir}: train first")
     if not fileio.exists(checkpoint_path + ".index"):
@@ -256,17 +266,19 @@ def export(export_dir: str, generator: tf.estimator.Estimator,
     try:
         work = staging.path
         generator_checkpoint = checkpoint_path
+        standing = None
         if ecfg.standing_statistics:
             generator_checkpoint = os.path.join(work, "standing", "model.ckpt")
-            result.standing_statistics = standing_statistics(parts, checkpoint_path, generator_checkpoint)
+            standing = standing_statistics(parts, checkpoint_path, generator_checkpoint)
+            result.standing_statistics = standing.layers
         result.info = {
             "version": version, "global_step": global_step,
             "checkpoint": checkpoint_path if not fileio.is_local(checkpoint_path)
             else os.path.abspath(checkpoint_path),
-            "standing_statistics": ({"layers": result.standing_statistics,
+            "standing_statistics": ({"layers": standing.layers, "kept": standing.kept,
                                      "batches": ecfg.standing_batches,
                                      "batch_size": ecfg.standing_batch_size}
-                                    if ecfg.standing_statistics else None),
+                                    if standing is not None else None),
             "z_dim": config.model.z_dim, "sample_shape": list(config.model.sample_shape),
             "conditional": config.model.conditional, "num_classes": config.model.num_classes,
         }

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from estimator_gan import fileio, sampling
-from estimator_gan.errors import ExportError
+from estimator_gan.errors import ExportError, op_error_text
 
 SAVED_MODEL_FILE = "saved_model.pb"
 INFO_FILENAME = "export_info.json"
@@ -138,14 +138,7 @@ def assertion_message(err: tf.errors.OpError) -> str:
         for i, group in enumerate(groups):
             if "must" in group:
                 return f"{group} {groups[i + 1]}" if group.endswith("got shape") else group
-    # Any other op error: its message, without TF's "Graph execution error:" preamble and the
-    # Python traceback of the node ("Detected at node ... defined at ...", then a blank line).
-    body = text.split("Detected at node", 1)[1].split("\n\n", 1)[-1] if "Detected at node" in text else text
-    for line in body.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Graph execution error", "[[")):
-            return line
-    return text.splitlines()[0]
+    return op_error_text(text)
 
 
 def load_generator(path: str) -> ServedGenerator:
@@ -306,14 +299,32 @@ def _request_columns(request: dict, specs: dict):
     return None, "Missing 'inputs' or 'instances' key"
 
 
+def _parsed_body(request):
+    """A request body as TF Serving receives it (JSON text, str or bytes) or already parsed
+    (a dict); `(value, None)` or `(None, TF Serving's parse error)`."""
+    if not isinstance(request, (str, bytes, bytearray)):
+        return request, None
+    try:
+        return json.loads(request), None
+    except json.JSONDecodeError as err:
+        return None, f"JSON Parse error: {err.msg} at offset: {err.pos}"
+    except UnicodeDecodeError as err:
+        return None, f"JSON Parse error: Invalid encoding in string. at offset: {err.start}"
+
+
 def rest_predict(model, request) -> dict:
     """Answer a TF Serving REST predict request body (`{"instances": [...]}` row format or
     `{"inputs": {...}}` columnar, optional `signature_name`) with the body TF Serving would
     return (`predictions` / `outputs`; outputs named `..._bytes` as `{"b64": ...}`), by calling
     the loaded SavedModel's signature: to try a client, or a README example, without a server.
-    A malformed request is answered, never raised: `{"error": "..."}` with TF Serving's
-    message for it (a missing or doubled `instances`/`inputs` key, an unknown signature, a
-    missing or unknown input, values of the wrong type or shape)."""
+    `request` is the body as sent (JSON text, `str` or `bytes`, e.g. what curl posts) or
+    already parsed (a dict). A malformed request is answered, never raised: `{"error": "..."}`
+    with TF Serving's message for it (JSON that does not parse, a missing or doubled
+    `instances`/`inputs` key, an unknown signature, a missing or unknown input, values of the
+    wrong type or shape)."""
+    request, error = _parsed_body(request)
+    if error is not None:
+        return {"error": error}
     if not isinstance(request, dict):
         return {"error": f"JSON Value: {_json_text(request)} Is not object"}
     name = request.get("signature_name", "")
