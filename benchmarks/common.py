@@ -47,7 +47,7 @@ from estimator_gan.data import pipeline  # noqa: E402
 from estimator_gan.gan import GAN  # noqa: E402
 from estimator_gan.model import gan as gan_lib  # noqa: E402
 from estimator_gan.model import losses as losses_lib  # noqa: E402
-from estimator_gan.model import networks  # noqa: E402
+from estimator_gan.model import networks, resnet  # noqa: E402
 from estimator_gan.runtime import loop  # noqa: E402
 
 v1 = tf.compat.v1
@@ -158,6 +158,19 @@ def mlp_config(*overrides: str) -> config_lib.Config:
         "mixture_ring", PLAIN + ["data.batch_size=256"] + list(overrides)))
 
 
+def resnet_config(workdir: str, *overrides: str) -> config_lib.Config:
+    """The 32 px residual SN-GAN as Miyato et al. 2018 train it on CIFAR-10 (the papers' widths,
+    z 128, spectral norm in D, hinge loss, Adam 2e-4 with betas (0, 0.9), 5 D updates per G
+    update, batch 64) on synthetic 32x32x3 images, without the extras the TF2 baseline lacks
+    (generator EMA, conditioning, packing, augmentation)."""
+    adam = [f"train.{role}_optimizer.{k}={v}" for role in ("generator", "discriminator")
+            for k, v in (("learning_rate", 2e-4), ("beta1", 0.0), ("beta2", 0.9))]
+    return config_lib.resolve(config_lib.load_config(None, synthetic_image_overrides(workdir, 32, 3) + [
+        "model.architecture=resnet", "model.z_dim=128", "loss.name=hinge", "train.d_steps=5",
+        "data.batch_size=64"] + adam + PLAIN + ["model.discriminator.spectral_norm=true"]
+        + list(overrides)))
+
+
 def examples_per_step(config: config_lib.Config) -> int:
     """Real examples one global step consumes (one batch per D update)."""
     return config.data.batch_size * config.train.d_steps
@@ -192,16 +205,18 @@ class ProductLoop:
     def measure(self, warmup: int, steps: int) -> float:
         """Seconds per step over `steps` steps after `warmup` steps (graph build, session start
         and restore come before the first step and are not counted); both are rounded up to
-        whole runs."""
+        whole runs. One more run follows, untimed: the run that ends training always writes
+        the summaries (the sample picture's G forward included), which in steady state fall
+        due every `train.save_summary_steps` steps only, and would weigh on a short window."""
         k = self.steps_per_run
         warm_runs, runs = max(1, -(-warmup // k)), max(1, -(-steps // k))
         timer = RunTimes()
         start = self.gan.global_step()
-        self.gan.train(max_steps=start + (warm_runs + runs) * k, hooks=[timer], stream=self.output)
+        self.gan.train(max_steps=start + (warm_runs + runs + 1) * k, hooks=[timer], stream=self.output)
         times = timer.times
-        if len(times) != warm_runs + runs:
-            raise RuntimeError(f"expected {warm_runs + runs} runs, timed {len(times)}")
-        return (times[-1] - times[warm_runs - 1]) / (runs * k)
+        if len(times) != warm_runs + runs + 1:
+            raise RuntimeError(f"expected {warm_runs + runs + 1} runs, timed {len(times)}")
+        return (times[warm_runs + runs - 1] - times[warm_runs - 1]) / (runs * k)
 
 
 # ---------------------------------------------------------- the hand-written TF2 loop
@@ -212,8 +227,8 @@ def _dcgan_init():
 
 
 def keras_networks(config: config_lib.Config):
-    """Keras (generator, discriminator) with the same layers, shapes and initialisers as the
-    built-in networks in `estimator_gan.nets` (checked by `check_same_size`)."""
+    """Keras (generator, discriminator) with the same layers and shapes as the built-in networks
+    (checked by `check_same_size`; the DCGAN's initialisers too)."""
     m = config.model
     if m.conditional:
         raise ValueError("the benchmark's Keras networks are unconditional")
@@ -228,7 +243,9 @@ def keras_networks(config: config_lib.Config):
 
     noise = tf.keras.Input([m.z_dim])
     samples = tf.keras.Input(shape)
-    if m.architecture == "dcgan":
+    if m.architecture == "resnet":
+        generated, logits = _keras_resnet(config, noise, samples, norm_relu)
+    elif m.architecture == "dcgan":
         height, width, channels = shape
         n_up, h0, w0 = networks._upsampling_plan(height, width)
         filters = [g_cfg.filters * 2 ** (n_up - 1 - i) for i in range(max(n_up, 1))]
@@ -257,6 +274,72 @@ def keras_networks(config: config_lib.Config):
         logits = L.Dense(1)(y)
     logits = L.Reshape([])(logits)
     return tf.keras.Model(noise, generated), tf.keras.Model(samples, logits)
+
+
+def _spectral_norm(layer_class):
+    """`layer_class` (Keras Conv2D or Dense) with its kernel divided by its largest singular
+    value, estimated by one power-iteration step per training call on a vector `sn_u`, as users
+    write it: Keras' own `SpectralNormalization` (TF 2.15) cannot run inside `tf.function` (it
+    branches on a tensor in Python)."""
+
+    class SpectralNormalized(layer_class):
+        def build(self, input_shape):
+            super().build(input_shape)
+            self.sn_u = self.add_weight(name="sn_u", shape=(1, self.kernel.shape[-1]),
+                                        initializer="random_normal", trainable=False)
+
+        def call(self, inputs, training=None):
+            w = tf.reshape(self.kernel, [-1, self.kernel.shape[-1]])
+            v = tf.stop_gradient(tf.math.l2_normalize(tf.matmul(self.sn_u, w, transpose_b=True)))
+            u = tf.stop_gradient(tf.math.l2_normalize(tf.matmul(v, w)))
+            if training:
+                self.sn_u.assign(u)
+            kernel = self.kernel / tf.reduce_sum(tf.matmul(v, w) * u)
+            if layer_class is tf.keras.layers.Dense:
+                outputs = tf.matmul(inputs, kernel)
+            else:
+                outputs = self.convolution_op(inputs, kernel)
+            return tf.nn.bias_add(outputs, self.bias)
+
+    return SpectralNormalized
+
+
+def _keras_resnet(config: config_lib.Config, noise, samples, norm_relu):
+    """The residual SN-GAN pair in Keras layers as the papers' code writes it (G's blocks
+    up-sample before their convolutions, shortcut included; D's blocks pool after them, but for
+    the first block's shortcut), with spectral norm on every D layer (`_spectral_norm`). The
+    product computes the same functions with fewer FLOPs (see `layers.conv2d`'s `resample`)."""
+    m = config.model
+    if m.self_attention is not None:
+        raise ValueError("the benchmark's Keras residual networks have no self-attention")
+    L = tf.keras.layers
+    found = resnet.layout(m)
+    g_filters, d_filters = networks.resolved_filters(m)
+    conv, dense = ((_spectral_norm(L.Conv2D), _spectral_norm(L.Dense)) if m.discriminator.spectral_norm
+                   else (L.Conv2D, L.Dense))
+    widths = [g_filters * k for k in found.generator]
+    x = L.Reshape([found.bottom, found.bottom, widths[0]])(L.Dense(found.bottom ** 2 * widths[0])(noise))
+    for width in widths[1:]:
+        h = L.Conv2D(width, 3, padding="same")(L.UpSampling2D()(norm_relu(x)))
+        h = L.Conv2D(width, 3, padding="same")(norm_relu(h))
+        x = L.Add()([h, L.Conv2D(width, 1)(L.UpSampling2D()(x))])
+    generated = L.Activation("tanh")(L.Conv2D(m.sample_shape[-1], 3, padding="same")(norm_relu(x)))
+    y = samples
+    for i, k in enumerate(found.discriminator):
+        width, down, channels = d_filters * k, i < found.down, int(y.shape[-1])
+        h = conv(width if i == 0 else channels, 3, padding="same")(y if i == 0 else L.ReLU()(y))
+        h = conv(width, 3, padding="same")(L.ReLU()(h))
+        h = L.AveragePooling2D()(h) if down else h
+        if i == 0:
+            shortcut = conv(width, 1)(L.AveragePooling2D()(y))
+        elif down or channels != width:
+            shortcut = conv(width, 1)(y)
+            shortcut = L.AveragePooling2D()(shortcut) if down else shortcut
+        else:
+            shortcut = y
+        y = L.Add()([h, shortcut])
+    features = L.Lambda(lambda t: tf.reduce_sum(t, axis=[1, 2]))(L.ReLU()(y))
+    return generated, dense(1)(features)
 
 
 def product_sizes(config: config_lib.Config) -> Dict[str, int]:
@@ -325,6 +408,17 @@ class TFFunctionLoop:
         self._step = train_step
         dataset = pipeline.make_input_fn(config.data, training=True, seed=train.seed)()
         self._batches = iter(dataset.batch(train.d_steps, drop_remainder=True))
+
+    def step_flops(self) -> int:
+        """Floating-point operations of one step of this loop, counted from its traced graph
+        (TensorFlow's profiler, per op from static shapes)."""
+        element = next(self._batches)
+        features = element[0] if isinstance(element, tuple) else element
+        graph = self._step.get_concrete_function(
+            tf.unstack(features, num=self.config.train.d_steps)).graph
+        options = v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        return v1.profiler.profile(graph, options=options).total_float_ops
 
     def _run(self, steps: int):
         losses = None

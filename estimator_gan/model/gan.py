@@ -66,6 +66,9 @@ DISCRIMINATOR_STEP = "discriminator_step"
 EMA_SUFFIX = "ExponentialMovingAverage"
 SAMPLE_NOISE_SEED = 1234
 REFRESH_BATCH = 1024
+# Activations (`activation_bytes`) of one generator call of the statistics refresh stay below
+# this; measured on the residual generators, their peak memory was 3.5-6 times smaller.
+REFRESH_CHUNK_BYTES = 4 * 2 ** 30
 
 
 # ------------------------------------------------------------------------------- the parts
@@ -575,20 +578,74 @@ def refreshable(call: NetworkOutput) -> bool:
     return len(call.update_ops) == 2 * len(call.batch_norm)
 
 
+def activation_bytes(parts: GANParts) -> int:
+    """Bytes per sample of every tensor a TRAIN-mode call of the EMA generator computes from its
+    noise (built in a throwaway graph): more than the call's peak memory, which frees tensors
+    as it goes, and proportional to it."""
+    model = parts.model
+    with tf.Graph().as_default():
+        noise = tf.zeros([2, model.z_dim])
+        parts.generator(noise, tf.zeros([2], tf.int32) if model.conditional else None,
+                        ModeKeys.TRAIN, use_ema=True)
+        reached, frontier = set(), [noise.op]
+        while frontier:
+            for tensor in frontier.pop().outputs:
+                for op in tensor.consumers():
+                    if op not in reached:
+                        reached.add(op)
+                        frontier.append(op)
+        return sum(t.shape.num_elements() * t.dtype.size for op in reached for t in op.outputs
+                   if t.dtype.is_floating and t.shape.is_fully_defined()) // 2
+
+
+def refresh_chunk(parts: GANParts) -> int:
+    """Samples per generator call of the statistics refresh: `REFRESH_BATCH`, halved until the
+    call's activations fit `REFRESH_CHUNK_BYTES` (large generators, e.g. the 64-128 px residual
+    ones, would need several GiB for 1024 samples at once)."""
+    chunk, per_sample = REFRESH_BATCH, max(activation_bytes(parts), 1)
+    while chunk > 1 and chunk * per_sample > REFRESH_CHUNK_BYTES:
+        chunk //= 2
+    return chunk
+
+
 def refresh_statistics(parts: GANParts, key) -> Optional[tf.Operation]:
     """An op that sets the EMA generator's batch-norm statistics to the batch moments of the
     current EMA weights on `REFRESH_BATCH` noise samples; None without EMA, without batch norm,
-    or when they are tracked per step instead (see `refreshable`)."""
+    or when they are tracked per step instead (see `refreshable`).
+
+    A generator too large for one call on all of them (`refresh_chunk`) runs on chunks in an
+    in-graph loop; each layer then gets the mean of the chunks' means and their pooled variance,
+    as standing statistics are computed for an export."""
     if parts.ema_decay is None:
         return None
     model = parts.model
-    noise = stateless_normal([REFRESH_BATCH, model.z_dim], fold(key, -1))
+    chunk = refresh_chunk(parts)
     labels = (tf.constant(sampling.labels_in_turn(REFRESH_BATCH, model.num_classes))
               if model.conditional else None)
-    call = parts.generator(noise, labels, ModeKeys.TRAIN, use_ema=True)
+
+    def moments(i):
+        noise = stateless_normal([chunk, model.z_dim], fold(key, -1) if chunk == REFRESH_BATCH
+                                 else fold(key, -1, i))
+        part = None if labels is None else labels[i * chunk:(i + 1) * chunk]
+        return parts.generator(noise, part, ModeKeys.TRAIN, use_ema=True)
+
+    call = moments(0)  # outside the loop: it may create the EMA statistics' variables
     if not call.batch_norm or not refreshable(call):
         return None
-    return tf.group([v1.assign(var, value) for moving_mean, moving_var, mean, variance in call.batch_norm
+    values = [(mean, variance) for _, _, mean, variance in call.batch_norm]
+    if chunk < REFRESH_BATCH:
+        def body(i, sums):
+            new = moments(i).batch_norm
+            return i + 1, [(m + mean, s + variance + tf.square(mean))
+                           for (m, s), (_, _, mean, variance) in zip(sums, new)]
+
+        count = REFRESH_BATCH // chunk
+        first = [(mean, variance + tf.square(mean)) for mean, variance in values]
+        _, sums = tf.while_loop(lambda i, _: i < count, body, (tf.constant(1), first),
+                                parallel_iterations=1)
+        values = [(m / count, tf.maximum(s / count - tf.square(m / count), 0.0)) for m, s in sums]
+    return tf.group([v1.assign(var, value) for (moving_mean, moving_var, _, _), (mean, variance)
+                     in zip(call.batch_norm, values)
                      for var, value in ((moving_mean, mean), (moving_var, variance))],
                     name="refresh_ema_statistics")
 

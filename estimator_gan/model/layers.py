@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 v1 = tf.compat.v1
@@ -81,13 +82,42 @@ def dense(x, units: int, name: str, initializer=None, spectral_norm: bool = Fals
         return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
+# How a 3x3 kernel's taps add up along one axis (rows: the 4 taps of the equivalent stride-2
+# kernel; columns: offsets -1, 0, 1) when its convolution follows a nearest 2x up-sampling, or
+# precedes a 2x2 average pooling (see `conv2d`).
+_UP_TAPS = np.array([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], np.float32)
+_DOWN_TAPS = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32) / 2
+
+
 def conv2d(x, filters: int, name: str, kernel_size: int = 4, stride: int = 2, initializer=None,
-           spectral_norm: bool = False, training: bool = False, use_bias: bool = True):
-    """A 'SAME'-padded convolution (DCGAN's 4x4, stride 2, N(0, 0.02) unless told)."""
+           spectral_norm: bool = False, training: bool = False, use_bias: bool = True,
+           resample: Optional[str] = None):
+    """A 'SAME'-padded convolution (DCGAN's 4x4, stride 2, N(0, 0.02) unless told).
+
+    `resample` (3x3 kernels, stride 1): `"up"` convolves the input up-sampled 2x (nearest
+    neighbour), `"down"` average-pools the convolution's output 2x2. Either is computed exactly
+    (up to rounding) as one stride-2 4x4 convolution (transposed for "up") whose kernel is
+    built from the 3x3 one: 16 instead of 36 multiply-adds per input ("up") or output ("down")
+    pixel and channel pair. The variables, and spectral norm, are those of the 3x3 kernel.
+    """
     with v1.variable_scope(name):
         kernel = _kernel([kernel_size, kernel_size, int(x.shape[-1]), filters],
                          initializer or DCGAN_INIT, spectral_norm, training)
-        y = tf.nn.conv2d(x, kernel, strides=stride, padding="SAME")
+        if resample is None:
+            y = tf.nn.conv2d(x, kernel, strides=stride, padding="SAME")
+        elif resample not in ("up", "down") or kernel_size != 3 or stride != 1:
+            raise ValueError(f"resample={resample!r} needs 'up' or 'down', a 3x3 kernel and stride 1")
+        elif resample == "up":
+            height, width = 2 * int(x.shape[1]), 2 * int(x.shape[2])
+            up = tf.einsum("au,bv,uvio->aboi", _UP_TAPS, _UP_TAPS, kernel)
+            y = tf.nn.conv2d_transpose(x, up, tf.stack([tf.shape(x)[0], height, width, filters]),
+                                       strides=2, padding="SAME")
+            y.set_shape([x.shape[0], height, width, filters])
+        else:
+            if int(x.shape[1]) % 2 or int(x.shape[2]) % 2:
+                raise ValueError(f"resample='down' needs even sides, got {x.shape.as_list()}")
+            down = tf.einsum("au,bv,uvio->abio", _DOWN_TAPS, _DOWN_TAPS, kernel)
+            y = tf.nn.conv2d(x, down, strides=2, padding="SAME")
         if not use_bias:
             return y
         return tf.nn.bias_add(y, variable("bias", [filters], v1.zeros_initializer()))
@@ -208,6 +238,16 @@ def self_attention(x, name: str, spectral_norm: bool = False, training: bool = F
         attended = tf.reshape(tf.matmul(attention, value), [-1, height, width, half])
         gamma = variable("gamma", [], v1.zeros_initializer())
         return x + gamma * conv2d(attended, channels, "output", **conv)
+
+
+def minibatch_stddev(x) -> tf.Tensor:
+    """ProGAN's minibatch standard deviation: one more feature map (or feature) holding the
+    standard deviation of every feature over the batch, averaged, so D can tell a batch of
+    too-similar samples from a real one. D's output for a sample then depends on the rest of
+    its batch (a batch of one sees 0)."""
+    _, variance = tf.nn.moments(x, axes=[0])
+    stat = tf.reduce_mean(tf.sqrt(variance + 1e-8))
+    return tf.concat([x, tf.ones_like(x[..., :1]) * stat], axis=-1)
 
 
 def conditioning(config, labels):

@@ -58,16 +58,6 @@ def pack(samples, packing: int) -> tf.Tensor:
         return tf.reshape(moved, [-1] + inner + [packing * int(samples.shape[-1])])
 
 
-def minibatch_stddev(x) -> tf.Tensor:
-    """ProGAN's minibatch standard deviation: one more feature map (or feature) holding the
-    standard deviation of every feature over the batch, averaged, so D can tell a batch of
-    too-similar samples from a real one. D's output for a sample then depends on the rest of
-    its batch (a batch of one sees 0)."""
-    _, variance = tf.nn.moments(x, axes=[0])
-    stat = tf.reduce_mean(tf.sqrt(variance + 1e-8))
-    return tf.concat([x, tf.ones_like(x[..., :1]) * stat], axis=-1)
-
-
 def _with_one_hot(noise, labels, cfg):
     if labels is None:
         return noise
@@ -124,7 +114,7 @@ def dcgan_discriminator(samples, labels, mode, params):
     for i in range(max(n_down, 1)):
         x = tf.nn.leaky_relu(conv2d(x, width * 2 ** i, f"conv{i}", **sn), 0.2)
     if cfg.model.discriminator.minibatch_stddev:
-        x = minibatch_stddev(x)
+        x = layers.minibatch_stddev(x)
     x = tf.reshape(x, [-1, int(math.prod(x.shape[1:]))])
     return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, DCGAN_INIT, **sn)
 
@@ -157,7 +147,7 @@ def mlp_discriminator(samples, labels, mode, params):
     for i, units in enumerate(cfg.model.discriminator.hidden_units):
         x = tf.nn.leaky_relu(dense(x, units, f"hidden{i}", **sn), 0.2)
     if cfg.model.discriminator.minibatch_stddev:
-        x = minibatch_stddev(x)
+        x = layers.minibatch_stddev(x)
     return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, **sn)
 
 

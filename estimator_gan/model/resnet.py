@@ -9,8 +9,13 @@ ReLU, nearest 2x up, 3x3 conv, BN, ReLU, 3x3 conv; shortcut: 1x1 conv of the up-
 Discriminator: an "optimized" first block (3x3 conv, ReLU, 3x3 conv, 2x2 average pool;
 shortcut: pool then 1x1 conv), then blocks of (ReLU, 3x3 conv, ReLU, 3x3 conv, pool when it
 down-samples; shortcut: 1x1 conv and pool when the width or size changes, identity otherwise),
-ReLU, global sum pooling, linear to the logit, plus the projection term <embed(y), h> when
-conditional. Every D weight is spectrally normalised with `model.discriminator.spectral_norm`.
+then (with `model.discriminator.minibatch_stddev`) one more feature map, the batch's feature
+standard deviation, then ReLU, global sum pooling, linear to the logit, plus the projection
+term <embed(y), h> when conditional. Every D weight is spectrally normalised with
+`model.discriminator.spectral_norm`.
+
+Up-sampling then a 3x3 conv, and a 3x3 conv then pooling, each run as one stride-2 4x4
+convolution (`layers.conv2d`'s `resample`): the same function, 2.25x fewer multiply-adds.
 
 Widths: `model.generator.filters` is the width of G's last block and
 `model.discriminator.filters` that of D's first block; the layout gives the others as
@@ -118,10 +123,10 @@ def _widths(cfg) -> Tuple[Layout, int, int]:
 
 def _up_block(x, channels: int, name: str, norm):
     """G's residual block: norm-ReLU-up-conv-norm-ReLU-conv, plus a 1x1 conv of the input
-    up-sampled (the 1x1 conv runs first, on the small map: it commutes with the up-sampling)."""
+    up-sampled. The up-sampling and the next conv run as one (`layers.conv2d`'s `resample`);
+    the 1x1 conv runs before the up-sampling, on the small map (the two commute)."""
     with v1.variable_scope(name):
-        h = layers.upsample(tf.nn.relu(norm(x, "bn1")))
-        h = layers.conv2d(h, channels, "conv1", 3, 1, _RELU_INIT)
+        h = layers.conv2d(tf.nn.relu(norm(x, "bn1")), channels, "conv1", 3, 1, _RELU_INIT, resample="up")
         h = layers.conv2d(tf.nn.relu(norm(h, "bn2")), channels, "conv2", 3, 1, _RELU_INIT)
         return h + layers.upsample(layers.conv2d(x, channels, "shortcut", 1, 1, _INIT))
 
@@ -155,15 +160,15 @@ def generator(noise, labels, mode, params):
 def _down_block(x, channels: int, name: str, down: bool, first: bool, sn: dict):
     """D's residual block. The first ("optimized") block has no ReLU on the image and pools its
     shortcut before the 1x1 conv; the others pool after it, which is the same function (the
-    two commute), so every shortcut pools first, on the big map's cheaper side."""
-    conv = lambda h, c, n, k, init: layers.conv2d(h, c, n, k, 1, init, **sn)  # noqa: E731
+    two commute), so every shortcut pools first, on the smaller map. The second conv and the
+    pooling run as one (`layers.conv2d`'s `resample`)."""
+    conv = lambda h, c, n, k, init, resample=None: layers.conv2d(  # noqa: E731
+        h, c, n, k, 1, init, resample=resample, **sn)
     with v1.variable_scope(name):
         h = x if first else tf.nn.relu(x)
         h = conv(h, int(x.shape[-1]) if not first else channels, "conv1", 3, _RELU_INIT)
-        h = conv(tf.nn.relu(h), channels, "conv2", 3, _RELU_INIT)
-        shortcut = x
-        if down:
-            h, shortcut = layers.downsample(h), layers.downsample(shortcut)
+        h = conv(tf.nn.relu(h), channels, "conv2", 3, _RELU_INIT, "down" if down else None)
+        shortcut = layers.downsample(x) if down else x
         if down or int(x.shape[-1]) != channels:
             shortcut = conv(shortcut, channels, "shortcut", 1, _INIT)
         return h + shortcut
@@ -182,5 +187,7 @@ def discriminator(samples, labels, mode, params):
         x = _down_block(x, filters * multiple, f"block{i + 1}", down, i == 0, sn)
         if down and size // 2 ** (i + 1) == model.self_attention:
             x = layers.self_attention(x, "attention", **sn)
+    if model.discriminator.minibatch_stddev:
+        x = layers.minibatch_stddev(x)
     features = tf.reduce_sum(tf.nn.relu(x), axis=[1, 2])
     return layers.logit(features, layers.conditioning(cfg, labels), model.num_classes, _INIT, **sn)
