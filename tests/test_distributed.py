@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, tiny_config, tiny_images, array_input_fn
+from estimator_gan import checkpoints
 from estimator_gan.config import DistributeConfig
 from estimator_gan.data import pipeline
 from estimator_gan.errors import ConfigError
@@ -340,7 +341,10 @@ def _assert_stopped_with_a_checkpoint(model_dir, out, pids):
     stopped = re.search(r"^stopped by SIGTERM at step (\d+)", chief_log, re.M)
     assert stopped, out[-3000:] + chief_log[-3000:]
     step = int(stopped.group(1))
-    assert step > 0 and os.path.exists(os.path.join(model_dir, f"model.ckpt-{step}.index"))
+    # Asynchronous training: the worker moves the global step on while the chief saves, so the
+    # checkpoint's file name can trail the step stored in it, which is what resume reads.
+    newest = checkpoints.newest_readable(model_dir)
+    assert step > 0 and newest.step == step and os.path.exists(newest.path + ".index")
     assert int(tf.train.load_checkpoint(model_dir).get_tensor("global_step")) == step
     assert f"[cluster] stopped at step {step} of 1000000; checkpoint in {model_dir}; rerun" in out, out[-3000:]
     assert [task for task, pid in pids.items() if _alive(pid)] == [], out[-3000:]
