@@ -1,11 +1,12 @@
 # One command each: `make train` installs and runs the default job; `make test` installs and
-# runs the tests. Both install into .venv with the Python given by PYTHON (3.9-3.11).
+# runs every test (what CI runs); `make test-quick` leaves out the end-to-end runs marked slow
+# and runs the rest on two processes (the contributor loop, minutes). Both install into .venv with the Python given by PYTHON (3.9-3.11).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test docs clean
+.PHONY: setup train test test-quick docs clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ train: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+test-quick: setup
+	$(PY) -m pytest tests -m "not slow" -n 2 --dist loadfile
 
 docs: setup
 	$(PY) -m estimator_gan.docs

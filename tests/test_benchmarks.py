@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def run_smoke(script, timeout=300):

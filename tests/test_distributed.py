@@ -57,6 +57,7 @@ def _tf_config(cluster, task_type="chief", index=0):
     return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
 
 
+@pytest.mark.slow
 def test_parameter_server_cluster_trains_evaluates_and_exports(tmp_path):
     model_dir = str(tmp_path / "run")
     args = [sys.executable, "-m", "estimator_gan.cli", "local-cluster", "--workers", "1", "--ps", "1",
@@ -112,6 +113,7 @@ def _local_cluster(model_dir, max_steps, *sets, workers=1, ps=0, timeout=300):
     return code, out + err, texts
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_cluster_trains_in_lockstep_and_resumes_exactly(tmp_path):
     """A chief and a worker, all-reduce, no ps: 10 steps, then the same job again to 20, which
     resumes at 10. Both processes exit 0 each time; the chief's checkpoints reach 20 with every
@@ -154,6 +156,7 @@ def test_multi_worker_mirrored_cluster_trains_in_lockstep_and_resumes_exactly(tm
     assert not differ, f"{len(differ)} of {len(names)} variables differ after the resume: {differ[:5]}"
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_restores_into_single_device_estimators(tmp_path):
     model_dir = str(tmp_path / "mirrored")
     cfg = tiny_config("distribute.strategy=mirrored", "distribute.num_devices=2")
@@ -350,6 +353,7 @@ def _assert_stopped_with_a_checkpoint(model_dir, out, pids):
     assert [task for task, pid in pids.items() if _alive(pid)] == [], out[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_and_stops_every_process(tmp_path):
     """What a scheduler does to a job: SIGTERM to the launcher is passed on, the chief saves a
     checkpoint, every process ends, and the launcher exits 0."""
@@ -368,6 +372,7 @@ def test_sigterm_to_the_launcher_checkpoints_and_stops_every_process(tmp_path):
     _assert_stopped_with_a_checkpoint(model_dir, out, pids)
 
 
+@pytest.mark.slow
 def test_a_chief_stopped_by_sigterm_ends_the_job(tmp_path):
     """SIGTERM to the chief alone: it saves and exits 0, and the launcher then stops the worker
     and the ps (instead of leaving the worker training until --timeout) and exits 0."""
@@ -387,6 +392,7 @@ def test_a_chief_stopped_by_sigterm_ends_the_job(tmp_path):
     _assert_stopped_with_a_checkpoint(model_dir, out, pids)
 
 
+@pytest.mark.slow
 def test_a_parameter_server_ends_on_sigterm(tmp_path):
     """A ps blocks in TensorFlow's server loop, where no Python signal handler runs, and has
     nothing to save: it keeps the default handlers, so SIGTERM ends it (it used to be ignored)."""

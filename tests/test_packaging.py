@@ -43,6 +43,7 @@ def installed(tmp_path_factory):
     return wheel, venv, work
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_configs(installed):
     wheel, _, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
@@ -51,6 +52,7 @@ def test_wheel_ships_the_configs(installed):
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]
 
 
+@pytest.mark.slow
 def test_installed_package_runs_the_default_job_and_a_shipped_config(installed):
     _, venv, work = installed
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -71,6 +71,7 @@ def test_conditional_config_takes_the_class_count_from_the_data():
             "model.conditional=true", "data.source=images", "data.path=/nonexistent"]))
 
 
+@pytest.mark.slow
 def test_conditional_generator_draws_the_requested_mode(tmp_path):
     """Each ring mode is a class: after brief training, label k puts samples near centre k."""
     config = _conditional(
@@ -287,6 +288,7 @@ def test_minibatch_stddev_lets_the_discriminator_see_batch_diversity(architectur
 # ------------------------------------------------------------------------- shipped 2D config
 
 
+@pytest.mark.slow
 def test_shipped_ring_config_covers_all_modes(tmp_path):
     """The shipped ring config as a user runs it (seed 0): every mode, most samples sharp."""
     config = config_lib.load_config(os.path.join(REPO_ROOT, "configs", "mixture_ring.yaml"),
@@ -353,6 +355,7 @@ def test_learning_rate_decays_linearly_from_its_start():
     assert float(gan_lib.learning_rate(2.0, tiny_config().train, tf.constant(7))) == 2.0
 
 
+@pytest.mark.slow
 def test_training_with_augmentation_lazy_r1_and_decay(tmp_path):
     gan = GAN(tiny_config("model.augment=color,translation,cutout", "loss.r1_weight=10",
                           "loss.r1_every=2", "train.lr_decay_start=0.5", "train.steps_per_run=2"),

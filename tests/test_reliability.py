@@ -127,6 +127,7 @@ def tmpfs(path, options):
 # ---------------------------------------------------------------------- signals and lock
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_0_and_resumes_and_a_second_training_is_refused(tmp_path):
     model_dir = str(tmp_path / "run")
     out = str(tmp_path / "a.out")
@@ -213,6 +214,7 @@ def test_sigterm_during_start_up_exits_0_with_a_line(tmp_path):
     assert not model_dir.exists()
 
 
+@pytest.mark.slow
 def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
     """Kills cycle through three moments: start-up (graph building, restore, first save), the
     instant a save's temporary file appears, and a random moment of the loop (checkpoints every

@@ -161,6 +161,7 @@ def uninterrupted(model_dir, steps, *args):
 # --------------------------------------------------------------------- exact resume
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     model_dir, out = str(tmp_path / "run"), str(tmp_path / "first.out")
     proc = start(train_cmd("--model-dir", model_dir, "--max-steps", "1000000", *DIGITS, *RARE_SAVES), out)
@@ -189,6 +190,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_pa
           f"{len(values)} variables identical")
 
 
+@pytest.mark.slow
 def test_time_budget_stops_like_sigterm_and_reruns_continue_exactly(tmp_path):
     model_dir = str(tmp_path / "run")
     command = train_cmd("--model-dir", model_dir, "--max-steps", "1000000", "--max-minutes", "0.04",
@@ -219,6 +221,7 @@ def test_time_budget_stops_like_sigterm_and_reruns_continue_exactly(tmp_path):
     print(f"time budget stops at steps {stops}; resumed to {final}: identical")
 
 
+@pytest.mark.slow
 def test_kill_9_after_a_checkpoint_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     model_dir, out = str(tmp_path / "run"), str(tmp_path / "killed.out")
     saves = ["--set", "train.save_checkpoints_steps=2"]
@@ -466,6 +469,7 @@ def assert_only_complete_versions(export_dir):
     return found
 
 
+@pytest.mark.slow
 def test_kill_9_during_export_leaves_only_complete_versions_and_the_next_export_cleans_up(
         tmp_path, small_model_dir):
     """`export --tflite` killed as it publishes, as its staging dir appears, while it writes

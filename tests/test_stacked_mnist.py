@@ -145,6 +145,7 @@ def stacked_metrics(tmp_path_factory):
     return cfg, evaluate.SampleMetrics(cfg, str(tmp_path_factory.mktemp("stacked")))
 
 
+@pytest.mark.slow
 def test_real_stacks_cover_nearly_every_mode_and_a_collapsed_set_does_not(stacked_metrics):
     cfg, metrics = stacked_metrics
     real, modes = pipeline.load_examples(cfg.data, limit=6000, seed=11)  # the GAN's half
@@ -186,6 +187,7 @@ def _train_export_evaluate(model_dir, config, overrides, capsys):
     return json.load(open(os.path.join(model_dir, "eval.json"))), out
 
 
+@pytest.mark.slow
 def test_stacked_config_trains_exports_and_scores_modes_from_the_export(tmp_path, capsys):
     from PIL import Image
 

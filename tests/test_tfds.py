@@ -285,6 +285,7 @@ def test_mock_celeb_a_is_unlabelled_and_center_cropped_to_64px(mock_data):
     assert x.shape == (8, 64, 64, 3) and -1 <= x.min() < x.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10_sngan", "celeba64"])
 def test_shipped_tfds_configs_train_and_export_on_mock_data(mock_data, name, tmp_path, capsys):
     config = config_lib.load_config(name)
