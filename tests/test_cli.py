@@ -21,6 +21,7 @@ def run_train(*args, timeout=240):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_default_job_writes_checkpoint_config_events_and_samples_then_resumes(tmp_path):
     model_dir = str(tmp_path / "run")
     result = run_train("--model-dir", model_dir, "--max-steps", "4", *TINY)

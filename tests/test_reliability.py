@@ -160,6 +160,7 @@ def test_sigterm_saves_exits_0_and_resumes_and_a_second_training_is_refused(tmp_
     assert assert_model_dir_intact(model_dir) == step + 3
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_exits_130(tmp_path):
     model_dir = str(tmp_path / "run")
     out = str(tmp_path / "a.out")
@@ -328,6 +329,7 @@ def _recorded_losses(config, model_dir, steps):
     return np.array([losses[step] for step in range(1, steps + 1)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
 def test_same_seed_gives_identical_losses_from_scratch(tmp_path, architecture):
     shape = ["model.sample_shape=[16,16,1]"] if architecture == "dcgan" else []  # digits
@@ -574,6 +576,7 @@ def test_model_dir_that_is_not_writable(tmp_path, capsys):
     assert_one_line_error(*result[::2], f"cannot write {ro}/m: Read-only file system")
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, capsys):
     with tmpfs(tmp_path / "disk", "size=5m") as disk:
         model_dir = os.path.join(disk, "m")
@@ -609,6 +612,7 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_from_the
 # --------------------------------------------------------------- any TensorFlow filesystem
 
 
+@pytest.mark.slow
 def test_model_dir_on_a_tensorflow_filesystem(tmp_path, monkeypatch, capsys):
     """Train, resume, evaluate, export and generate with `ram://` model and export dirs (the same
     code path as gs:// or s3://): every file goes through TensorFlow's filesystem layer, so
