@@ -1,6 +1,7 @@
 # One command each: `make train` installs and runs the default job; `make test` installs and
 # runs every test (what CI runs); `make test-quick` leaves out the end-to-end runs marked slow
-# and runs the rest on two processes (the contributor loop, minutes). Both install into .venv with the Python given by PYTHON (3.9-3.11).
+# and runs the rest on two processes (the contributor loop, minutes). All install into .venv
+# with the Python given by PYTHON (3.9-3.11).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
