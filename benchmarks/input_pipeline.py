@@ -147,19 +147,24 @@ def sources(workdir: str, args):
 
 
 class Pipeline:
-    """The dataset `GAN.train` reads, iterated eagerly: seconds per batch after a warm-up."""
+    """The dataset `GAN.train` reads (one element per `session.run`: `loop.steps_per_run` steps
+    of `d_steps` batches), iterated eagerly: seconds per step after a warm-up."""
 
     def __init__(self, config):
         input_fn = pipeline.make_input_fn(config.data, training=True, seed=config.train.seed)
-        self._it = iter(loop.stacked_input_fn(input_fn, config.train.d_steps, 1)())
+        self.steps_per_element = loop.steps_per_run(config)
+        self._it = iter(loop.stacked_input_fn(input_fn, config.train.d_steps, self.steps_per_element)())
 
-    def measure(self, warmup: int, batches: int) -> float:
-        for _ in range(warmup):
+    def measure(self, warmup: int, steps: int) -> float:
+        """Seconds per step over at least `steps` steps, after at least `warmup` (whole elements)."""
+        k = self.steps_per_element
+        for _ in range(-(-warmup // k)):
             next(self._it)
+        elements = -(-steps // k)
         start = time.perf_counter()
-        for _ in range(batches):
+        for _ in range(elements):
             next(self._it)
-        return (time.perf_counter() - start) / batches
+        return (time.perf_counter() - start) / (elements * k)
 
 
 def model_key(config) -> str:
