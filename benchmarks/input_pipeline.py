@@ -178,7 +178,7 @@ def main():
     common.print_environment(common.environment())
     workdir = common.workdir("input-pipeline")
     configs = sources(workdir, args)
-    batches = common.pick(args, 400, 100, 5)
+    pipeline_steps = common.pick(args, 400, 100, 5)
     train_steps = {"mlp": common.pick(args, 1000, 300, 3), "dcgan": common.pick(args, 30, 8, 2),
                    "resnet": common.pick(args, 4, 2, 1)}
 
@@ -187,7 +187,7 @@ def main():
         pipelines[name] = Pipeline(cfg)
         # Warm up over at least one epoch, so a cached source is measured from its cache.
         warmup = common.pick(args, 40, 20, 1)
-        variants[f"pipeline {name}"] = (lambda p=pipelines[name], w=warmup: p.measure(w, batches))
+        variants[f"pipeline {name}"] = (lambda p=pipelines[name], w=warmup: p.measure(w, pipeline_steps))
         key = model_key(cfg)
         if key not in trainers:
             trainers[key] = common.ProductLoop(cfg, os.path.join(workdir, f"train{len(trainers)}"))
@@ -195,11 +195,11 @@ def main():
             variants[f"train {len(trainers) - 1}"] = (
                 lambda t=trainers[key], s=steps: t.measure(common.pick(args, 5, 3, 1), s))
     sized, sized_train = image_size_configs(workdir, args)
-    step_batches = common.pick(args, 40, 10, 2)  # 320 images each
+    sized_steps = common.pick(args, 40, 10, 2)  # 320 images each
     for name, cfg in sized.items():
         sized_pipeline = Pipeline(cfg)
         variants[f"pipeline {name}"] = (lambda p=sized_pipeline, w=common.pick(args, 5, 2, 1):
-                                        p.measure(w, step_batches))
+                                        p.measure(w, sized_steps))
     sized_trainer = common.ProductLoop(sized_train, os.path.join(workdir, "train_64px"))
     variants["train 64px"] = lambda: sized_trainer.measure(1, train_steps["resnet"])
     seconds = common.interleave(variants, args.repeats)
