@@ -154,10 +154,12 @@ class Pipeline:
     def __init__(self, config):
         input_fn = pipeline.make_input_fn(config.data, training=True, seed=config.train.seed)
         self.steps_per_element = loop.steps_per_run(config)
-        self._it = iter(loop.stacked_input_fn(input_fn, config.train.d_steps, self.steps_per_element)())
+        self._it = iter(loop.stacked_input_fn(
+            input_fn, config.train.d_steps, self.steps_per_element)())
 
     def measure(self, warmup: int, steps: int) -> float:
-        """Seconds per step over at least `steps` steps, after at least `warmup` (whole elements)."""
+        """Seconds per step over at least `steps` steps after at least `warmup`, in whole
+        elements."""
         k = self.steps_per_element
         for _ in range(-(-warmup // k)):
             next(self._it)
@@ -187,7 +189,8 @@ def main():
         pipelines[name] = Pipeline(cfg)
         # Warm up over at least one epoch, so a cached source is measured from its cache.
         warmup = common.pick(args, 40, 20, 1)
-        variants[f"pipeline {name}"] = (lambda p=pipelines[name], w=warmup: p.measure(w, pipeline_steps))
+        variants[f"pipeline {name}"] = (
+            lambda p=pipelines[name], w=warmup: p.measure(w, pipeline_steps))
         key = model_key(cfg)
         if key not in trainers:
             trainers[key] = common.ProductLoop(cfg, os.path.join(workdir, f"train{len(trainers)}"))
