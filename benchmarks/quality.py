@@ -78,14 +78,16 @@ def _table(rows, columns):
 
 def summarize(name: str, runs) -> str:
     if "high_quality_share" not in runs[0]["metrics"] and "modes_covered" in runs[0]["metrics"]:
-        columns = ["seed", "steps", "train s", "modes", "KL", "FD", "FD real"]
+        columns = ["seed", "steps", "train s", "modes", "KL", "KL channels", "FD", "FD real"]
         rows = [[r["seed"], r["steps"], f"{r['train_seconds']:.0f}",
                  f"{r['metrics']['modes_covered']}/{r['metrics']['num_modes']}",
-                 f"{r['metrics']['kl_to_uniform']:.4f}", f"{r['metrics']['frechet_distance']:.3f}",
+                 f"{r['metrics']['kl_to_uniform']:.4f}", f"{r['metrics']['kl_channels']:.4f}",
+                 f"{r['metrics']['frechet_distance']:.3f}",
                  f"{r['reference']['frechet_distance']:.3f}"] for r in runs]
         ref = runs[0]["reference"]
         rows.append(["real vs real", "", "", f"{ref['modes_covered']}/{ref['num_modes']}",
-                     f"{ref['kl_to_uniform']:.4f}", f"{ref['frechet_distance']:.3f}", ""])
+                     f"{ref['kl_to_uniform']:.4f}", f"{ref['kl_channels']:.4f}",
+                     f"{ref['frechet_distance']:.3f}", ""])
     elif "modes_covered" in runs[0]["metrics"]:
         columns = ["seed", "steps", "train s", "modes (>=1 HQ)", "modes (ours)", "high quality", "KL"]
         rows = [[r["seed"], r["steps"], f"{r['train_seconds']:.1f}",

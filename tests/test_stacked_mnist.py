@@ -13,7 +13,7 @@ from estimator_gan.config import DataConfig, SplitConfig, StackedConfig
 from estimator_gan.data import pipeline, sources
 from estimator_gan.errors import DataError
 from estimator_gan.evaluation import evaluate
-from estimator_gan.evaluation.metrics import mode_histogram_metrics
+from estimator_gan.evaluation.metrics import factor_kl, mode_histogram_metrics
 
 from conftest import SHARED_MNIST
 
@@ -135,6 +135,22 @@ def test_mode_histogram_metrics_known_values():
         mode_histogram_metrics(np.array([1000]), 1000)
 
 
+def test_factor_kl_splits_the_joint_kl_into_channels_and_dependence():
+    every = np.stack(np.unravel_index(np.arange(1000), (10, 10, 10)), axis=1)
+    assert factor_kl(every, 10) == 0.0
+    # red never draws 5-9: the whole joint KL (log 2) is one channel's
+    low_red = every[every[:, 0] < 5]
+    joint = mode_histogram_metrics(low_red @ np.array([100, 10, 1]), 1000)["kl_to_uniform"]
+    assert factor_kl(low_red, 10) == pytest.approx(joint) == pytest.approx(np.log(2))
+    # every channel uniform but green always equals red: the joint KL (log 10) is all dependence
+    tied = every[every[:, 0] == every[:, 1]]
+    assert factor_kl(tied, 10) == pytest.approx(0.0, abs=1e-12)
+    assert mode_histogram_metrics(tied @ np.array([100, 10, 1]), 1000)["kl_to_uniform"] == \
+        pytest.approx(np.log(10))
+    with pytest.raises(ValueError, match=r"\[N, F\]"):
+        factor_kl(np.arange(5), 10)
+
+
 @pytest.fixture(scope="module")
 def stacked_metrics(tmp_path_factory):
     if not os.path.isdir(SHARED_MNIST):
@@ -155,12 +171,13 @@ def test_real_stacks_cover_nearly_every_mode_and_a_collapsed_set_does_not(stacke
     # 6,000 uniform draws over 1,000 modes leave ~2.5 empty; the KL floor is ~999/12,000
     for row in (model, reference):
         assert row["num_modes"] == 1000 and row["modes_covered"] >= 985, row
-        assert row["kl_to_uniform"] < 0.2, row
+        assert row["kl_to_uniform"] < 0.2 and row["kl_channels"] < 0.05, row
     # a generator that never draws 5-9 in the red channel: half the modes, KL ~ log 2
     collapsed = real[modes // 100 < 5]
     collapsed = np.concatenate([collapsed, collapsed])[:6000]
     bad, _ = metrics(collapsed)
     assert bad["modes_covered"] <= 600 and bad["kl_to_uniform"] > 0.5  # a few digits misread
+    assert bad["kl_channels"] > 0.5  # the loss is the red channel's
     assert bad["frechet_distance"] > model["frechet_distance"]
 
 

@@ -29,9 +29,9 @@ from estimator_gan.data import pipeline, sources
 from estimator_gan.errors import ConfigError, DataError, ExportError
 from estimator_gan.evaluation import inception
 from estimator_gan.evaluation.classifier import train_feature_classifier
-from estimator_gan.evaluation.metrics import (class_shares, classifier_score, fallback_features,
-                                              frechet_distance, kernel_distance, mixture_mode_metrics,
-                                              mode_histogram_metrics)
+from estimator_gan.evaluation.metrics import (class_shares, classifier_score, factor_kl,
+                                              fallback_features, frechet_distance, kernel_distance,
+                                              mixture_mode_metrics, mode_histogram_metrics)
 from estimator_gan.serving import saved_model
 
 EVAL_DIR = "evaluation"
@@ -77,7 +77,8 @@ class SampleMetrics:
     * `stacked` (Stacked MNIST; `eval.features` stays `auto`): the digit classifier (trained
       on the evaluation data's MNIST digits) labels each channel, which gives each sample its
       mode, a digit triple: modes_covered (at least one sample), num_modes (1,000),
-      kl_to_uniform of the mode histogram (`mode_histogram_metrics`), and frechet_distance on
+      kl_to_uniform of the mode histogram (`mode_histogram_metrics`), kl_channels (the part of
+      it each channel's digit balance explains, `factor_kl`), and frechet_distance on
       the three channels' classifier features side by side. The real statistics and the
       reference are stacks of the evaluation data's digits, drawn with seeds `eval.seed` + 1
       and + 2.
@@ -195,6 +196,7 @@ class SampleMetrics:
     def _stacked(self, images) -> Dict[str, float]:
         digits, feats = self._stacked_channels(images)
         out = mode_histogram_metrics(digits @ np.array([100, 10, 1]), 1000)
+        out["kl_channels"] = factor_kl(digits, 10)
         out["frechet_distance"] = frechet_distance(self._real_feats, feats)
         return out
 

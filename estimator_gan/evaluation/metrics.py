@@ -211,6 +211,22 @@ def mode_histogram_metrics(modes, num_modes: int) -> Dict[str, Union[int, float]
             "kl_to_uniform": float(np.sum(p[nz] * np.log(p[nz] * num_modes)))}
 
 
+def factor_kl(factors, num_values: int) -> float:
+    """The sum over columns of `[N, F]` integer `factors` (e.g. Stacked MNIST's three digits)
+    of KL(column histogram || uniform over num_values), in nats.
+
+    The KL of the joint histogram (`mode_histogram_metrics` of the combined ids) is this sum
+    plus the factors' dependence (their total correlation), so the two side by side tell a
+    generator that misdraws or favours some digits in every channel (joint KL close to this
+    sum) from one that drops or favours digit triples (joint KL well above it).
+    """
+    codes = np.asarray(factors)
+    if codes.ndim != 2 or codes.size == 0:
+        raise ValueError(f"factors must be a non-empty [N, F] array, got shape {codes.shape}")
+    return float(sum(mode_histogram_metrics(codes[:, i], num_values)["kl_to_uniform"]
+                     for i in range(codes.shape[1])))
+
+
 def class_shares(probs) -> np.ndarray:
     """The share of samples a classifier assigns (argmax) to each class, from `[N, K]` rows."""
     p = np.asarray(probs, dtype=np.float64)

@@ -43,7 +43,7 @@ def write_summaries(model_dir: str, step: int, record: Optional[dict] = None,
 
 _LOG_SCALE = ("frechet_distance", "kid")
 _MAIN_METRICS = ("frechet_distance", "kid", "inception_score", "classifier_score", "min_class_share",
-                 "modes_covered", "modes_covered_any", "high_quality_share", "kl_to_uniform")
+                 "modes_covered", "modes_covered_any", "high_quality_share", "kl_to_uniform", "kl_channels")
 
 
 def format_inline(record: dict) -> str:
