@@ -215,7 +215,9 @@ def test_stacked_config_trains_exports_and_scores_modes_from_the_export(tmp_path
         [f"data.path={tmp_path}", "data.stacked.num_examples=64", *TINY], capsys)
     assert "training dcgan on stacked_mnist (28x28x3)" in out
     assert record["feature_extractor"]["kind"] == "stacked" and record["source"] == "export"
-    assert set(record["metrics"]) == {"modes_covered", "num_modes", "kl_to_uniform", "frechet_distance"}
+    assert set(record["metrics"]) == {"modes_covered", "num_modes", "kl_to_uniform", "kl_channels",
+                                      "frechet_distance"}
+    assert 0.0 <= record["metrics"]["kl_channels"] <= record["metrics"]["kl_to_uniform"] + 1e-9
     assert record["metrics"]["num_modes"] == 1000 and 1 <= record["metrics"]["modes_covered"] <= 64
     picture = Image.open(os.path.join(model_dir, "samples", "step_00000002.png"))
     assert picture.mode == "RGB"  # the sample grid is in colour
