@@ -245,6 +245,12 @@ class ModelConfig(_Strict):
         "this resolution, e.g. 64 for 128 px images (a resolution both networks reach); null: none.")
     num_classes: Optional[int] = Field(
         None, ge=1, description="Classes of a conditional model; filled in from the data source.")
+    latent_codes: List[int] = Field(
+        [], description="InfoGAN (Chen et al. 2016): categorical codes of these sizes, each the "
+        "argmax of its slice of the noise (the first k1 dimensions, the next k2, ...), given to G "
+        "one-hot; D gets a head that predicts them, and G and D minimise its cross-entropy on "
+        "generated samples (loss.info_weight), which makes every sample show its code. Unlabelled "
+        "data with k classes: [k] (Stacked MNIST: [10, 10, 10]); []: none.")
     generator: GeneratorConfig = GeneratorConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     generator_fn: Optional[str] = Field(
@@ -274,6 +280,15 @@ class ModelConfig(_Strict):
         augment.policy(v)
         return v
 
+    @model_validator(mode="after")
+    def _codes_fit_noise(self):
+        if any(k < 2 for k in self.latent_codes):
+            raise ValueError(f"model.latent_codes {self.latent_codes}: every code needs at least 2 values")
+        if sum(self.latent_codes) > self.z_dim:
+            raise ValueError(f"model.latent_codes {self.latent_codes} read {sum(self.latent_codes)} "
+                             f"noise dimensions but model.z_dim is {self.z_dim}: raise z_dim")
+        return self
+
 
 class LossConfig(_Strict):
     """The GAN loss, from the loss registry or your own."""
@@ -289,6 +304,9 @@ class LossConfig(_Strict):
         "gamma/2 E||grad D(x)||^2 (R1, Mescheder et al. 2018), added to D's loss (0: none).")
     r1_every: int = Field(
         1, ge=1, description="Lazy R1: apply it (times this factor) every n-th step only.")
+    info_weight: float = Field(
+        1.0, ge=0, description="Weight of the InfoGAN code cross-entropy in both losses "
+                               "(with model.latent_codes).")
 
     @field_validator("name")
     @classmethod

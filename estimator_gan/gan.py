@@ -211,16 +211,20 @@ class GAN:
                                                  checkpoint_path=self.checkpoint(checkpoint_path))
 
     def generate(self, count: int, seed: int = 0, labels=None,
-                 checkpoint_path: Optional[str] = None) -> np.ndarray:
+                 checkpoint_path: Optional[str] = None, codes=None) -> np.ndarray:
         """`count` samples from the latest checkpoint (or `checkpoint_path`), G in inference
         mode, noise `sampling.noise(count, z_dim, seed)`.
 
         Conditional models: `labels` is one class id for all samples or one per sample
         (default: 0, 1, ..., num_classes-1, 0, ...); ids outside [0, num_classes) raise
-        `ExportError`. Weights: the generator EMA unless `model.generator.inference_weights=raw`.
+        `ExportError`. InfoGAN models (`model.latent_codes`): `codes`, one value (or None) per
+        code, fixes those codes in every sample (`sampling.with_codes`). Weights: the generator
+        EMA unless `model.generator.inference_weights=raw`.
         """
         model = self.config.model
         features = {"noise": sampling.noise(count, model.z_dim, seed)}
+        if codes is not None:
+            features["noise"] = sampling.with_codes(features["noise"], model.latent_codes, codes)
         ids = sampling.request_labels(model.conditional, model.num_classes, labels, count)
         if ids is not None:
             features["labels"] = ids

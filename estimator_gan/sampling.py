@@ -55,3 +55,30 @@ def request_labels(conditional: bool, num_classes: Optional[int], labels, count:
     if labels is not None:
         raise ExportError("labels given, but the model is not conditional (model.conditional=false)")
     return None
+
+
+def with_codes(noise_batch: np.ndarray, sizes, codes) -> np.ndarray:
+    """`noise_batch` with its InfoGAN codes (`model.latent_codes` of these `sizes`, see
+    `model.info`) set to `codes`: one value per code, or None to leave a code as drawn. Within a
+    code's slice the largest value trades places with the chosen position, so the noise keeps
+    the distribution it has given that code. `ExportError` for the wrong count or a value out of
+    range."""
+    sizes = list(sizes)
+    if not sizes:
+        raise ExportError("codes given, but the model has no latent codes (model.latent_codes=[])")
+    codes = list(codes)
+    if len(codes) != len(sizes):
+        raise ExportError(f"{len(codes)} code values for a model with {len(sizes)} latent codes {sizes}")
+    out, offset = np.array(noise_batch, copy=True), 0
+    rows = np.arange(out.shape[0])
+    for size, value in zip(sizes, codes):
+        if value is not None:
+            if not 0 <= int(value) < size:
+                raise ExportError(f"code value {value} is out of range: this code has values 0..{size - 1}")
+            part = out[:, offset:offset + size]
+            top = np.argmax(part, axis=1)
+            chosen = part[rows, int(value)].copy()
+            part[rows, int(value)] = part[rows, top]
+            part[rows, top] = chosen
+        offset += size
+    return out

@@ -1,16 +1,20 @@
-"""Sample-quality features on real TensorFlow: conditional G/D, generator EMA, spectral norm."""
+"""Sample-quality features on real TensorFlow: conditional G/D, generator EMA, spectral norm,
+packing, minibatch stddev, InfoGAN codes, augmentation, R1."""
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import custom_nets
 from conftest import REPO_ROOT, array_input_fn, tiny_config, tiny_images
 from estimator_gan import config as config_lib
+from estimator_gan import sampling
+from estimator_gan.errors import ExportError, NetworkError
 from estimator_gan.evaluation import metrics as metrics_lib
 from estimator_gan.gan import GAN
 from estimator_gan.model import gan as gan_lib
-from estimator_gan.model import layers, model_fns, networks
+from estimator_gan.model import info, layers, model_fns, networks
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -283,6 +287,89 @@ def test_minibatch_stddev_lets_the_discriminator_see_batch_diversity(architectur
     assert len({round(float(v), 5) for v in (logits[0], apart[0], apart[4])}) == 3
     plain = _run_network(tiny_config(architecture=architecture), "discriminator", varied, None)
     assert plain.shape == (4,)
+
+
+# ------------------------------------------------------------------------- InfoGAN codes
+
+
+def test_codes_are_read_from_the_noise_and_scored_by_cross_entropy():
+    noise = np.array([[0.1, 2.0, -1.0, 0.5, 0.4, 9.0],
+                      [3.0, 0.0, -1.0, -2.0, 1.0, 0.0]], np.float32)
+    codes = info.codes(tf.constant(noise), [3, 2]).numpy()
+    np.testing.assert_array_equal(codes, [[1, 0], [0, 1]])
+    wide = info.with_codes(tf.constant(noise), [3, 2]).numpy()
+    np.testing.assert_array_equal(wide[:, 6:], [[0, 1, 0, 1, 0], [1, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(wide[:, :6], noise)
+    flat = info.code_loss(tf.zeros([2, 5]), tf.constant(noise), [3, 2]).numpy()
+    np.testing.assert_allclose(flat, np.log(3) + np.log(2), rtol=1e-6)
+    sure = 20.0 * (wide[:, 6:] - 0.5)
+    assert info.code_loss(tf.constant(sure), tf.constant(noise), [3, 2]).numpy() < 1e-6
+
+
+def test_chosen_codes_move_the_largest_noise_value_into_place():
+    noise = sampling.noise(50, 8, seed=3)
+    fixed = sampling.with_codes(noise, [3, 4], [2, None])
+    assert (np.argmax(fixed[:, :3], axis=1) == 2).all()
+    np.testing.assert_array_equal(fixed[:, 3:], noise[:, 3:])
+    np.testing.assert_array_equal(np.sort(fixed[:, :3]), np.sort(noise[:, :3]))
+    with pytest.raises(ExportError, match=r"code value 3 is out of range: this code has values 0..2"):
+        sampling.with_codes(noise, [3, 4], [3, 0])
+    with pytest.raises(ExportError, match=r"1 code values for a model with 2 latent codes"):
+        sampling.with_codes(noise, [3, 4], [0])
+    with pytest.raises(ExportError, match="model has no latent codes"):
+        sampling.with_codes(noise, [], [0])
+
+
+@pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
+def test_code_head_predicts_every_packed_sample_and_g_sees_the_codes(architecture):
+    config = tiny_config("model.latent_codes=[3,2]", "model.discriminator.packing=2",
+                         architecture=architecture)
+    inputs = np.zeros((6,) + tuple(config.model.sample_shape), np.float32)
+    with tf.Graph().as_default() as graph:
+        parts = gan_lib.GANParts.from_params({"config": config})
+        call = parts.discriminator(tf.constant(inputs), None, ModeKeys.TRAIN)
+        assert call.outputs.shape.as_list() == [3] and call.code_logits.shape.as_list() == [6, 5]
+        parts.generator(tf.zeros([4, 8]), None, ModeKeys.TRAIN)
+        first = "generator/project/kernel" if architecture == "dcgan" else "generator/hidden0/kernel"
+        assert _variable(graph, first).shape[0] == 8 + 5
+        assert _variable(graph, "discriminator/code_logits/kernel").shape[1] == 2 * 5
+    with pytest.raises(config_lib.ConfigError, match=r"read 9 noise dimensions but model.z_dim is 8"):
+        tiny_config("model.latent_codes=[5,4]")
+    with pytest.raises(config_lib.ConfigError, match="every code needs at least 2 values"):
+        tiny_config("model.latent_codes=[1]")
+
+
+def test_a_discriminator_without_a_code_head_is_refused_by_name():
+    config = tiny_config("model.latent_codes=[4]")
+    with tf.Graph().as_default():
+        parts = gan_lib.GANParts.from_params(
+            {"config": config, "discriminator_fn": custom_nets.v1_discriminator})
+        with pytest.raises(NetworkError, match=r"with model.latent_codes \[4\] expected \[batch, 5\]"):
+            parts.discriminator(tf.zeros([2, 8, 8, 1]), None, ModeKeys.TRAIN)
+
+
+@pytest.mark.slow
+def test_info_codes_take_the_modes_of_unlabelled_data(tmp_path):
+    """Four ring modes, no labels, one 4-valued code: after brief training each code value
+    puts its samples near one centre, a different one per value."""
+    config = tiny_config(
+        "model.latent_codes=[4]", "data.mixture.modes=4", "data.mixture.std=0.05",
+        "data.mixture.num_examples=4096", "data.batch_size=64",
+        "model.generator.hidden_units=[32,32]", "model.discriminator.hidden_units=[32,32]",
+        "train.generator_optimizer.learning_rate=0.002",
+        "train.discriminator_optimizer.learning_rate=0.002", "train.save_checkpoints_steps=1000",
+        architecture="mlp")
+    gan = GAN(config, model_dir=str(tmp_path))
+    gan.train(max_steps=600, progress=False)
+    centres = np.asarray(config.data.mixture.centres())
+    taken = []
+    for value in range(4):
+        points = gan.generate(200, seed=value, codes=[value])
+        nearest = np.argmin(np.linalg.norm(points[:, None] - centres[None], axis=-1), axis=1)
+        counts = np.bincount(nearest, minlength=4)
+        assert counts.max() > 0.8 * 200, (value, counts)
+        taken.append(int(np.argmax(counts)))
+    assert sorted(taken) == [0, 1, 2, 3], taken
 
 
 # ------------------------------------------------------------------------- shipped 2D config

@@ -40,6 +40,9 @@ Sample-quality state, also in every TRAIN graph and so in every checkpoint:
   advance exactly once per D update, after its gradients: every D call of one update (real,
   fake, gradient penalty) uses the same `u`, and the G update's D call uses the updated one.
 * Conditional models get their labels validated in-graph (int32 ids in [0, num_classes)).
+* InfoGAN codes (`model.latent_codes`, `model.info`): G gets the codes its noise carries; each
+  D update adds D's code cross-entropy on its fakes to D's loss, each G update the same term on
+  the samples it makes to G's loss (times `loss.info_weight`).
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ from estimator_gan import sampling
 from estimator_gan.errors import ConfigError, NetworkError
 from estimator_gan.model import augment as augment_lib
 from estimator_gan.model import losses as losses_lib
-from estimator_gan.model import layers, networks
+from estimator_gan.model import info, layers, networks
 
 v1 = tf.compat.v1
 ModeKeys = tf.estimator.ModeKeys
@@ -80,13 +83,15 @@ class NetworkOutput(NamedTuple):
     `update_ops`: batch-norm moving-statistics updates (run by this role's update only).
     `batch_norm`: `(moving_mean, moving_variance, batch_mean, batch_variance)` per built-in
     batch-norm layer (TRAIN mode). `power_iterations`: `(u, u_new)` per spectrally normalised
-    weight (TRAIN mode), assigned once per D update.
+    weight (TRAIN mode), assigned once per D update. `code_logits`: a discriminator's
+    predictions of the InfoGAN codes, [B, sum(model.latent_codes)] (None without codes).
     """
 
     outputs: tf.Tensor
     update_ops: Tuple = ()
     batch_norm: Tuple = ()
     power_iterations: Tuple = ()
+    code_logits: Optional[tf.Tensor] = None
 
 
 def _collected(keys: Sequence[str], fn: Callable):
@@ -173,8 +178,10 @@ class GANParts:
 
     def generator(self, noise, labels, mode, use_ema: Optional[bool] = None) -> NetworkOutput:
         """G in its scope. `use_ema` (default: `uses_ema(mode)`) reads the moving-average
-        weights (and, in TRAIN mode, gives the EMA generator's own batch-norm statistics)."""
+        weights (and, in TRAIN mode, gives the EMA generator's own batch-norm statistics). With
+        InfoGAN codes the network gets them one-hot after the noise (`info.with_codes`)."""
         labels = self.checked_labels(labels)
+        noise = info.with_codes(noise, self.model.latent_codes)
         getter = _ema_getter if self.uses_ema(mode, use_ema) else None
 
         def call():
@@ -191,7 +198,8 @@ class GANParts:
 
     def discriminator(self, samples, labels, mode) -> NetworkOutput:
         """D in its scope, with the same weights on every call; logits `[B]` (`[B / m]` with
-        PacGAN packing m, the network seeing packed samples)."""
+        PacGAN packing m, the network seeing packed samples) and, with InfoGAN codes, the code
+        head's logits per sample, `[B, sum(model.latent_codes)]`, unpacked."""
         labels = self.checked_labels(labels)
         packed = networks.pack(samples, self.model.discriminator.packing)
 
@@ -200,13 +208,22 @@ class GANParts:
                 return self.discriminator_fn(packed, labels, mode, self.params)
 
         out = self._call(DISCRIMINATOR, call)
-        logits = out.outputs
+        logits, code_logits = out.outputs, None
+        width = info.code_width(self.model)
+        if width:
+            if logits.shape.rank != 2 or logits.shape[1] != 1 + width:
+                raise NetworkError(
+                    f"the discriminator returned logits of shape {logits.shape.as_list()}; with "
+                    f"model.latent_codes {self.model.latent_codes} expected [batch, {1 + width}]: "
+                    f"the logit, then the code head (layers.with_code_head)")
+            code_logits = tf.reshape(logits[:, 1:], [-1, sum(self.model.latent_codes)])
+            logits = logits[:, 0]
         if logits.shape.rank == 2 and logits.shape[1] == 1:
             logits = tf.squeeze(logits, axis=1)
         if logits.shape.rank != 1:
             raise NetworkError(f"the discriminator returned logits of shape "
                                f"{logits.shape.as_list()}; expected [batch] or [batch, 1]")
-        return out._replace(outputs=logits)
+        return out._replace(outputs=logits, code_logits=code_logits)
 
     def _call(self, scope: str, call: Callable) -> NetworkOutput:
         """Run a network; collect what it left in the graph collections; refuse one that makes
@@ -425,7 +442,8 @@ class _Trainer:
         model = gan_model(self.parts, real, labels, ModeKeys.TRAIN, noise, self._transform(key))
         inputs = loss_inputs(self.parts, model, ModeKeys.TRAIN, fold(key, 1))
         d_loss = self.parts.loss.discriminator_loss(inputs, self.parts.config.loss)
-        d_loss = tf.identity(d_loss + self._r1(inputs), name="discriminator_loss")
+        d_loss = tf.identity(d_loss + self._r1(inputs) + self._info(model.fake_call, noise),
+                             name="discriminator_loss")
         op = self._apply(self.d_opt, d_loss, DISCRIMINATOR, DISCRIMINATOR_STEP, "D_train",
                          model.real_call.update_ops + model.fake_call.update_ops)
         pairs = model.real_call.power_iterations
@@ -434,6 +452,14 @@ class _Trainer:
             with tf.control_dependencies([op]):
                 op = tf.group([v1.assign(u, u_new) for u, u_new in pairs])
         return op, model, d_loss
+
+    def _info(self, fake_call: NetworkOutput, noise) -> tf.Tensor:
+        """`loss.info_weight` times D's code cross-entropy on the fakes of `noise` (InfoGAN); 0
+        without codes."""
+        codes = self.parts.model.latent_codes
+        if not codes:
+            return tf.constant(0.0)
+        return self.parts.config.loss.info_weight * info.code_loss(fake_call.code_logits, noise, codes)
 
     def _r1(self, inputs) -> tf.Tensor:
         """gamma/2 R1, every `loss.r1_every`-th step only (times that factor); 0 without."""
@@ -453,12 +479,12 @@ class _Trainer:
             noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 0))
             generated = self.parts.generator(noise, labels, ModeKeys.TRAIN)
         else:
-            generated = reuse.generator_call
+            noise, generated = reuse.noise, reuse.generator_call
         transform = self._transform(key)
         fake = generated.outputs if transform is None else transform(generated.outputs, 2)
-        fake_logits = self.parts.discriminator(fake, labels, ModeKeys.TRAIN).outputs
-        g_loss = tf.identity(self.parts.loss.generator_loss(fake_logits, self.parts.config.loss),
-                             name="generator_loss")
+        fake_call = self.parts.discriminator(fake, labels, ModeKeys.TRAIN)
+        g_loss = self.parts.loss.generator_loss(fake_call.outputs, self.parts.config.loss)
+        g_loss = tf.identity(g_loss + self._info(fake_call, noise), name="generator_loss")
         op = self._apply(self.g_opt, g_loss, GENERATOR, GENERATOR_STEP, "G_train",
                          generated.update_ops)
         per_step = tf.distribute.has_strategy() or not refreshable(generated)

@@ -174,6 +174,17 @@ def logit(features, labels, num_classes: Optional[int], initializer=None,
     return logits + projection(features, labels, num_classes, **sn)
 
 
+def with_code_head(logits, features, width: int, initializer=None, spectral_norm: bool = False,
+                   training: bool = False) -> tf.Tensor:
+    """`logits` [B], or with a code head (`width` > 0, InfoGAN: see `model.info`) [B, 1 + width]:
+    the logit, then a dense layer (`code_logits`) on the same features."""
+    if not width:
+        return logits
+    codes = dense(features, width, "code_logits", initializer=initializer,
+                  spectral_norm=spectral_norm, training=training)
+    return tf.concat([logits[:, None], codes], axis=1)
+
+
 def batch_norm(x, training: bool, name: str, decay: float = 0.99, epsilon: float = 1e-5,
                labels=None, num_classes: Optional[int] = None):
     """Batch norm over all axes but the last, with TensorFlow's fused kernel.

@@ -21,6 +21,10 @@ Conditional models (`model.conditional`) get int32 class ids `labels` [B] in
 and use class-conditional batch norm; the discriminators add a projection term <embed(y), h>
 to their logit (Miyato & Koyama, 2018). With `model.discriminator.spectral_norm`, every D
 weight is divided by an estimate of its largest singular value (`layers.spectral_normalize`).
+
+With InfoGAN codes (`model.latent_codes`, see `model.info`) the generators get the codes one-hot
+at the end of `noise` (wider than z_dim), and the discriminators return [B, 1 + code width]:
+the logit, then the code head's logits (`layers.with_code_head`).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import tensorflow as tf
 
 from estimator_gan.errors import ConfigError
-from estimator_gan.model import custom, layers, resnet
+from estimator_gan.model import custom, info, layers, resnet
 from estimator_gan.model.layers import DCGAN_INIT, batch_norm, conv2d, conv2d_transpose, dense
 
 ModeKeys = tf.estimator.ModeKeys
@@ -116,7 +120,8 @@ def dcgan_discriminator(samples, labels, mode, params):
     if cfg.model.discriminator.minibatch_stddev:
         x = layers.minibatch_stddev(x)
     x = tf.reshape(x, [-1, int(math.prod(x.shape[1:]))])
-    return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, DCGAN_INIT, **sn)
+    logits = layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, DCGAN_INIT, **sn)
+    return layers.with_code_head(logits, x, info.code_width(cfg.model), DCGAN_INIT, **sn)
 
 
 def mlp_generator(noise, labels, mode, params):
@@ -148,7 +153,8 @@ def mlp_discriminator(samples, labels, mode, params):
         x = tf.nn.leaky_relu(dense(x, units, f"hidden{i}", **sn), 0.2)
     if cfg.model.discriminator.minibatch_stddev:
         x = layers.minibatch_stddev(x)
-    return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, **sn)
+    logits = layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, **sn)
+    return layers.with_code_head(logits, x, info.code_width(cfg.model), **sn)
 
 
 NetworkFn = Callable[..., tf.Tensor]

@@ -33,7 +33,7 @@ from typing import Dict, List, NamedTuple, Tuple
 import tensorflow as tf
 
 from estimator_gan.errors import ConfigError
-from estimator_gan.model import layers
+from estimator_gan.model import info, layers
 
 ModeKeys = tf.estimator.ModeKeys
 v1 = tf.compat.v1
@@ -190,4 +190,5 @@ def discriminator(samples, labels, mode, params):
     if model.discriminator.minibatch_stddev:
         x = layers.minibatch_stddev(x)
     features = tf.reduce_sum(tf.nn.relu(x), axis=[1, 2])
-    return layers.logit(features, layers.conditioning(cfg, labels), model.num_classes, _INIT, **sn)
+    logits = layers.logit(features, layers.conditioning(cfg, labels), model.num_classes, _INIT, **sn)
+    return layers.with_code_head(logits, features, info.code_width(model), _INIT, **sn)
