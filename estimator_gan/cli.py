@@ -81,6 +81,8 @@ def _generate_parser(parser: argparse.ArgumentParser):
     parser.add_argument("--noise", help="a .npy file of noise [N, z_dim] instead of --seed/--count")
     parser.add_argument("--labels", help="conditional models: one class id, or one per sample "
                                          "(comma-separated); default: the classes in turn")
+    parser.add_argument("--codes", help="InfoGAN models (model.latent_codes): the value of each "
+                                        "code, comma-separated, empty for any (e.g. 3 or 3,,7)")
     parser.add_argument("--out", required=True,
                         help="FILE.png (a grid), FILE.npy (the samples) or a directory (one PNG each)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

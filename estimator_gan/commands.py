@@ -164,6 +164,15 @@ def _parse_labels(text):
     return labels[0] if len(labels) == 1 else labels
 
 
+def _parse_codes(text):
+    if not text:
+        return None
+    try:
+        return [int(x) if x.strip() else None for x in text.split(",")]
+    except ValueError:
+        raise ExportError(f"--codes must be integers separated by commas (empty: any), got {text!r}") from None
+
+
 def _read_noise(path: str) -> np.ndarray:
     if not fileio.exists(path) or fileio.isdir(path):
         raise ExportError(f"noise file not found: {path}")
@@ -177,6 +186,9 @@ def generate(args) -> int:
     if args.count < 1:
         raise ExportError(f"--count must be at least 1, got {args.count}")
     labels = _parse_labels(args.labels)
+    codes = _parse_codes(args.codes)
+    if codes is not None and (args.noise or args.truncation is not None):
+        raise ExportError("--codes draws its own noise from --seed: leave out --noise and --truncation")
     out_kind = os.path.splitext(args.out)[1].lower()
     if out_kind not in ("", ".png", ".npy"):
         raise ExportError(f"--out must end in .png or .npy, or be a directory, got {args.out}")
@@ -189,6 +201,8 @@ def generate(args) -> int:
         generator = saved_model.load_generator(source)
         if args.noise:
             outputs = generator.from_noise(_read_noise(args.noise), labels)
+        elif codes is not None:
+            outputs = generator.from_codes(args.seed, args.count, codes, labels)
         else:
             outputs = generator.from_seed(args.seed, args.count, args.truncation, labels)
     samples = outputs["samples"]

@@ -16,7 +16,7 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from conftest import REPO_ROOT, array_input_fn, tiny_config, tiny_images
-from estimator_gan import cli
+from estimator_gan import cli, sampling
 from estimator_gan import config as config_lib
 from estimator_gan.errors import ExportError
 from estimator_gan.gan import GAN
@@ -498,6 +498,30 @@ def test_export_during_training_keeps_last_versions_and_best(tmp_path, capsys):
     assert best.export(None, None, ckpt, {"loss/generator": 0.5}, False).endswith("/4")
     with pytest.raises(ExportError, match="not among the EVAL metrics"):
         best.export(None, None, ckpt, {"loss/discriminator": 0.5}, False)
+
+
+def test_info_model_export_generates_chosen_codes(tmp_path, capsys):
+    gan = _train(tmp_path / "model", "model.latent_codes=[3,2]")
+    result = gan.export(str(tmp_path / "exports"), generator_only=True)
+    served = saved_model.load_generator(result.generator)
+    assert served.latent_codes == [3, 2] and served.z_dim == 8
+    chosen = served.from_codes(5, 4, [2, None])["samples"]
+    noise = sampling.with_codes(sampling.noise(4, 8, 5), [3, 2], [2, None])
+    np.testing.assert_array_equal(chosen, served.from_noise(noise)["samples"])
+    from_checkpoint = gan.generate(4, seed=5, codes=[2, None])
+    assert from_checkpoint.shape == (4, 8, 8, 1)
+    assert not np.allclose(from_checkpoint, gan.generate(4, seed=5, codes=[1, None]))
+    assert not np.allclose(chosen, served.from_codes(5, 4, [0, None])["samples"])
+    npy = str(tmp_path / "coded.npy")
+    assert cli.main(["generate", "--export", result.generator, "--count", "4", "--seed", "5",
+                     "--codes", "2,", "--out", npy]) == 0
+    np.testing.assert_array_equal(np.load(npy), chosen)
+    capsys.readouterr()
+    for codes, fragment in [("2,x", "--codes must be integers separated by commas"),
+                            ("3,0", "code value 3 is out of range: this code has values 0..2"),
+                            ("1", "1 code values for a model with 2 latent codes [3, 2]")]:
+        assert cli.main(["generate", "--export", result.generator, "--codes", codes, "--out", npy]) == 2
+        assert fragment in capsys.readouterr().err
 
 
 def test_export_and_generate_commands(trained, tmp_path, capsys):

@@ -88,6 +88,11 @@ class ServedGenerator:
     def num_classes(self) -> int:
         return int(self.info.get("num_classes") or 1)
 
+    @property
+    def latent_codes(self) -> list:
+        """The sizes of the model's InfoGAN codes (`model.latent_codes`); [] without."""
+        return list(self.info.get("latent_codes") or [])
+
     def default_labels(self, count: int) -> Optional[np.ndarray]:
         """For a conditional model, the classes in turn; None otherwise."""
         return sampling.labels_in_turn(count, self.num_classes) if self.conditional else None
@@ -128,6 +133,14 @@ class ServedGenerator:
         if truncation is not None:
             name, inputs["truncation"] = "seed_truncated", tf.constant(float(truncation), tf.float32)
         return self._call(self.model.signatures[name], **inputs)
+
+    def from_codes(self, seed: int, count: int, codes, labels=None) -> Dict[str, np.ndarray]:
+        """Outputs for `count` samples whose InfoGAN codes are `codes` (one value, or None for
+        any, per code), from the noise `sampling.noise(count, z_dim, seed)`."""
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ExportError(f"count must be a positive integer, got {count!r}")
+        noise = sampling.with_codes(sampling.noise(count, self.z_dim, seed), self.latent_codes, codes)
+        return self.from_noise(noise, labels)
 
 
 def assertion_message(err: tf.errors.OpError) -> str:
