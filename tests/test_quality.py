@@ -27,6 +27,16 @@ def _conditional(*overrides, architecture="dcgan"):
                        architecture=architecture)
 
 
+def _four_modes(*overrides):
+    """A ring of four tight modes and an MLP pair that learns it in a few hundred steps."""
+    return tiny_config(
+        "data.mixture.modes=4", "data.mixture.std=0.05", "data.mixture.num_examples=4096",
+        "data.batch_size=64", "model.generator.hidden_units=[32,32]",
+        "model.discriminator.hidden_units=[32,32]", "train.generator_optimizer.learning_rate=0.002",
+        "train.discriminator_optimizer.learning_rate=0.002", "train.save_checkpoints_steps=1000",
+        *overrides, architecture="mlp")
+
+
 def _variable(graph, name):
     (var,) = [v for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES) if v.op.name == name]
     return var
@@ -78,13 +88,7 @@ def test_conditional_config_takes_the_class_count_from_the_data():
 @pytest.mark.slow
 def test_conditional_generator_draws_the_requested_mode(tmp_path):
     """Each ring mode is a class: after brief training, label k puts samples near centre k."""
-    config = _conditional(
-        "model.num_classes=null", "data.mixture.modes=4", "data.mixture.std=0.05",
-        "data.mixture.num_examples=4096", "data.batch_size=64",
-        "model.generator.hidden_units=[32,32]", "model.discriminator.hidden_units=[32,32]",
-        "train.generator_optimizer.learning_rate=0.002",
-        "train.discriminator_optimizer.learning_rate=0.002", "train.save_checkpoints_steps=1000",
-        architecture="mlp")
+    config = _four_modes("model.conditional=true")
     gan = GAN(config, model_dir=str(tmp_path))
     assert gan.config.model.num_classes == 4
     gan.train(max_steps=600, progress=False)
@@ -352,13 +356,7 @@ def test_a_discriminator_without_a_code_head_is_refused_by_name():
 def test_info_codes_take_the_modes_of_unlabelled_data(tmp_path):
     """Four ring modes, no labels, one 4-valued code: after brief training each code value
     puts its samples near one centre, a different one per value."""
-    config = tiny_config(
-        "model.latent_codes=[4]", "data.mixture.modes=4", "data.mixture.std=0.05",
-        "data.mixture.num_examples=4096", "data.batch_size=64",
-        "model.generator.hidden_units=[32,32]", "model.discriminator.hidden_units=[32,32]",
-        "train.generator_optimizer.learning_rate=0.002",
-        "train.discriminator_optimizer.learning_rate=0.002", "train.save_checkpoints_steps=1000",
-        architecture="mlp")
+    config = _four_modes("model.latent_codes=[4]")
     gan = GAN(config, model_dir=str(tmp_path))
     gan.train(max_steps=600, progress=False)
     centres = np.asarray(config.data.mixture.centres())
