@@ -215,7 +215,7 @@ class GANParts:
                 raise NetworkError(
                     f"the discriminator returned logits of shape {logits.shape.as_list()}; with "
                     f"model.latent_codes {self.model.latent_codes} expected [batch, {1 + width}]: "
-                    f"the logit, then the code head (layers.with_code_head)")
+                    f"the logit, then the code head (layers.logit with a code_width)")
             code_logits = tf.reshape(logits[:, 1:], [-1, sum(self.model.latent_codes)])
             logits = logits[:, 0]
         if logits.shape.rank == 2 and logits.shape[1] == 1:

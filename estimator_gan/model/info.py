@@ -14,7 +14,7 @@ largest of code i's slice (`offset_i` = k1 + ... + k_(i-1)).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 
@@ -42,11 +42,9 @@ def with_codes(noise, sizes: Sequence[int]) -> tf.Tensor:
     return tf.concat([noise] + one_hots, axis=1)
 
 
-def code_loss(code_logits: Optional[tf.Tensor], noise, sizes: Sequence[int]) -> tf.Tensor:
+def code_loss(code_logits, noise, sizes: Sequence[int]) -> tf.Tensor:
     """Mean over samples, summed over codes, of the cross-entropy of D's code logits
-    [B, sum(sizes)] against the codes of `noise`; 0 without codes."""
-    if not sizes:
-        return tf.constant(0.0)
+    [B, sum(sizes)] against the codes of `noise` (at least one code)."""
     found = codes(noise, sizes)
     total, offset = 0.0, 0
     for i, size in enumerate(sizes):

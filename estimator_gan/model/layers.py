@@ -163,25 +163,19 @@ def projection(features, labels, num_classes: int, name: str = "projection",
     return tf.reduce_sum(embedded * features, axis=1)
 
 
-def logit(features, labels, num_classes: Optional[int], initializer=None,
+def logit(features, labels, num_classes: Optional[int], initializer=None, code_width: int = 0,
           spectral_norm: bool = False, training: bool = False) -> tf.Tensor:
     """A discriminator's logit [B] from features [B, D]: a dense layer (`logit`), plus the
-    projection term (`projection`, Miyato & Koyama 2018) when `labels` are given."""
+    projection term (`projection`, Miyato & Koyama 2018) when `labels` are given. With a code
+    head (`code_width` > 0, InfoGAN: see `model.info`) [B, 1 + code_width]: the logit, then a
+    dense layer (`code_logits`) on the same features."""
     sn = dict(spectral_norm=spectral_norm, training=training)
     logits = tf.squeeze(dense(features, 1, "logit", initializer=initializer, **sn), axis=1)
-    if labels is None:
+    if labels is not None:
+        logits = logits + projection(features, labels, num_classes, **sn)
+    if not code_width:
         return logits
-    return logits + projection(features, labels, num_classes, **sn)
-
-
-def with_code_head(logits, features, width: int, initializer=None, spectral_norm: bool = False,
-                   training: bool = False) -> tf.Tensor:
-    """`logits` [B], or with a code head (`width` > 0, InfoGAN: see `model.info`) [B, 1 + width]:
-    the logit, then a dense layer (`code_logits`) on the same features."""
-    if not width:
-        return logits
-    codes = dense(features, width, "code_logits", initializer=initializer,
-                  spectral_norm=spectral_norm, training=training)
+    codes = dense(features, code_width, "code_logits", initializer=initializer, **sn)
     return tf.concat([logits[:, None], codes], axis=1)
 
 

@@ -24,7 +24,7 @@ weight is divided by an estimate of its largest singular value (`layers.spectral
 
 With InfoGAN codes (`model.latent_codes`, see `model.info`) the generators get the codes one-hot
 at the end of `noise` (wider than z_dim), and the discriminators return [B, 1 + code width]:
-the logit, then the code head's logits (`layers.with_code_head`).
+the logit, then the code head's logits (`layers.logit` with a `code_width`).
 """
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ def dcgan_discriminator(samples, labels, mode, params):
     if cfg.model.discriminator.minibatch_stddev:
         x = layers.minibatch_stddev(x)
     x = tf.reshape(x, [-1, int(math.prod(x.shape[1:]))])
-    logits = layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, DCGAN_INIT, **sn)
-    return layers.with_code_head(logits, x, info.code_width(cfg.model), DCGAN_INIT, **sn)
+    return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, DCGAN_INIT,
+                        info.code_width(cfg.model), **sn)
 
 
 def mlp_generator(noise, labels, mode, params):
@@ -153,8 +153,8 @@ def mlp_discriminator(samples, labels, mode, params):
         x = tf.nn.leaky_relu(dense(x, units, f"hidden{i}", **sn), 0.2)
     if cfg.model.discriminator.minibatch_stddev:
         x = layers.minibatch_stddev(x)
-    logits = layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes, **sn)
-    return layers.with_code_head(logits, x, info.code_width(cfg.model), **sn)
+    return layers.logit(x, layers.conditioning(cfg, labels), cfg.model.num_classes,
+                        code_width=info.code_width(cfg.model), **sn)
 
 
 NetworkFn = Callable[..., tf.Tensor]

@@ -190,5 +190,5 @@ def discriminator(samples, labels, mode, params):
     if model.discriminator.minibatch_stddev:
         x = layers.minibatch_stddev(x)
     features = tf.reduce_sum(tf.nn.relu(x), axis=[1, 2])
-    logits = layers.logit(features, layers.conditioning(cfg, labels), model.num_classes, _INIT, **sn)
-    return layers.with_code_head(logits, features, info.code_width(model), _INIT, **sn)
+    return layers.logit(features, layers.conditioning(cfg, labels), model.num_classes, _INIT,
+                        info.code_width(model), **sn)

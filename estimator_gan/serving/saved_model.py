@@ -123,8 +123,7 @@ class ServedGenerator:
     def from_seed(self, seed: int, count: int, truncation: Optional[float] = None,
                   labels=None) -> Dict[str, np.ndarray]:
         """Outputs for `count` samples from noise drawn in the graph from `seed`."""
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-            raise ExportError(f"count must be a positive integer, got {count!r}")
+        _check_count(count)
         if truncation is not None and not np.isfinite(truncation):
             raise ExportError(f"truncation must be a finite number >= 0, got {truncation}")
         inputs = {"seed": tf.constant(int(seed), tf.int64), "count": tf.constant(int(count), tf.int32),
@@ -137,10 +136,14 @@ class ServedGenerator:
     def from_codes(self, seed: int, count: int, codes, labels=None) -> Dict[str, np.ndarray]:
         """Outputs for `count` samples whose InfoGAN codes are `codes` (one value, or None for
         any, per code), from the noise `sampling.noise(count, z_dim, seed)`."""
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-            raise ExportError(f"count must be a positive integer, got {count!r}")
+        _check_count(count)
         noise = sampling.with_codes(sampling.noise(count, self.z_dim, seed), self.latent_codes, codes)
         return self.from_noise(noise, labels)
+
+
+def _check_count(count) -> None:
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ExportError(f"count must be a positive integer, got {count!r}")
 
 
 def assertion_message(err: tf.errors.OpError) -> str:
