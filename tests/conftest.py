@@ -1,4 +1,5 @@
 """Shared fixtures: tiny configs and in-memory input functions, on real TensorFlow."""
+import glob
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,6 +16,21 @@ tf.get_logger().setLevel(logging.ERROR)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
+
+
+def newest_complete_step(model_dir):
+    """The step a run resumes from: the newest checkpoint on disk whose every tensor reads,
+    whatever the state file says (a kill between a save and the state file's update leaves it
+    one save behind, several steps with several steps per run call). 0 if there is none."""
+    for index in sorted(glob.glob(os.path.join(model_dir, "model.ckpt-*.index")),
+                        key=lambda p: -int(p.split("-")[-1].split(".")[0])):
+        try:
+            reader = tf.train.load_checkpoint(index[:-len(".index")])
+            values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+            return int(values["global_step"])
+        except Exception:  # noqa: BLE001 - a save cut short by a kill
+            continue
+    return 0
 
 
 def tiny_config(*overrides, architecture="dcgan"):

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, newest_complete_step, tiny_config
 from estimator_gan import checkpoints, cli
 from estimator_gan import memory as memory_lib
 from estimator_gan import config as config_lib
@@ -219,8 +219,9 @@ def test_sigterm_during_start_up_exits_0_with_a_line(tmp_path):
 def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
     """Kills cycle through three moments: start-up (graph building, restore, first save), the
     instant a save's temporary file appears, and a random moment of the loop (checkpoints every
-    step). After each kill every listed checkpoint loads, the latest step never goes back, and
-    the next run resumes from it, removes the partial files and takes over the stale lock."""
+    step). After each kill every listed checkpoint loads, the newest complete checkpoint's step
+    never goes back, and the next run resumes from it (not from the state file's, which a kill
+    can leave one save behind), removes the partial files and takes over the stale lock."""
     points = int(os.environ.get("RELIABILITY_KILL_POINTS", "4"))
     model_dir = str(tmp_path / "run")
     rng = random.Random(7)
@@ -260,9 +261,10 @@ def test_kill_9_at_many_points_loses_nothing_and_resumes(tmp_path):
         partial_kills += sorted(os.path.basename(p) for p in
                                 set(model_dir_lib.partial_files(model_dir)) - leftovers)
         if tf.train.latest_checkpoint(model_dir):
-            step = assert_model_dir_intact(model_dir)
-            assert step >= latest
-            latest = step
+            assert_model_dir_intact(model_dir)
+        step = newest_complete_step(model_dir)
+        assert step >= latest
+        latest = step
     print(f"kill -9 points: {points}; partial files they left: {partial_kills}; latest step {latest}")
     assert takeovers >= 1, "no kill left a stale lock to take over"
 

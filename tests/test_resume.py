@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, newest_complete_step, tiny_config
 from estimator_gan import cli
 from estimator_gan.config import DataConfig
 from estimator_gan.data import pipeline
@@ -91,17 +91,6 @@ def progress_steps(text):
 
 def ckpt_step(path):
     return int(tf.train.load_variable(path, "global_step"))
-
-
-def newest_complete_checkpoint(model_dir):
-    """The step of the newest checkpoint on disk whose every tensor reads."""
-    for index in sorted(glob.glob(os.path.join(model_dir, "model.ckpt-*.index")),
-                        key=lambda p: -int(p.split("-")[-1].split(".")[0])):
-        try:
-            return int(checkpoint_values(index[:-len(".index")])["global_step"])
-        except Exception:  # noqa: BLE001 - a save cut short by the kill
-            continue
-    raise AssertionError(f"no complete checkpoint in {model_dir}")
 
 
 def checkpoint_values(path):
@@ -236,7 +225,7 @@ def test_kill_9_after_a_checkpoint_then_resume_reproduces_the_uninterrupted_run(
         stop(proc)
     assert proc.returncode == -signal.SIGKILL
     killed_at = max(progress_steps(read(out)))  # the last step it printed (may precede its last save)
-    latest = newest_complete_checkpoint(model_dir)  # the state file may not list it yet
+    latest = newest_complete_step(model_dir)  # the state file may not list it yet
     assert latest >= 6 and latest % 2 == 0
 
     final = max(latest, killed_at) + 5
