@@ -307,6 +307,12 @@ class LossConfig(_Strict):
     info_weight: float = Field(
         1.0, ge=0, description="Weight of the InfoGAN code cross-entropy in both losses "
                                "(with model.latent_codes).")
+    top_k: Optional[float] = Field(
+        None, gt=0, le=1, description="Top-k generator updates (Sinha et al. 2020): G's loss "
+        "counts only the fakes D scores most real, a share falling linearly from all of them to "
+        "this one over the first `top_k_anneal` of max_steps (null: all fakes, always).")
+    top_k_anneal: float = Field(
+        0.5, ge=0, le=1, description="Share of max_steps over which the top_k share falls.")
 
     @field_validator("name")
     @classmethod

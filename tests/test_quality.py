@@ -440,10 +440,29 @@ def test_learning_rate_decays_linearly_from_its_start():
     assert float(gan_lib.learning_rate(2.0, tiny_config().train, tf.constant(7))) == 2.0
 
 
+def test_top_k_keeps_the_fakes_d_scores_most_real_and_only_they_get_gradients():
+    from estimator_gan.model import losses
+
+    with tf.Graph().as_default():
+        logits = tf.constant([3.0, -1.0, 5.0, 0.0, 1.0])
+        half = losses.top_k_logits(logits, tf.constant(0.5))
+        grads = tf.gradients(tf.reduce_mean(tf.nn.softplus(-half)), [logits])[0]
+        with v1.Session() as sess:
+            kept, g = sess.run([half, grads])
+            assert sorted(kept) == [1.0, 3.0, 5.0]  # ceil(2.5)
+            assert g[1] == 0 and g[3] == 0 and np.all(g[[0, 2, 4]] < 0)
+            assert sess.run(losses.top_k_logits(logits, tf.constant(0.01))).tolist() == [5.0]
+            assert len(sess.run(losses.top_k_logits(logits, tf.constant(1.0)))) == 5
+    cfg = tiny_config("train.max_steps=100", "loss.top_k=0.5", "loss.top_k_anneal=0.4")
+    shares = [float(gan_lib.top_k_share(cfg.loss, cfg.train, tf.constant(s, tf.int64))) for s in (0, 20, 40, 90)]
+    assert shares == pytest.approx([1.0, 0.75, 0.5, 0.5])
+
+
 @pytest.mark.slow
-def test_training_with_augmentation_lazy_r1_and_decay(tmp_path):
+def test_training_with_augmentation_lazy_r1_top_k_and_decay(tmp_path):
     gan = GAN(tiny_config("model.augment=color,translation,cutout", "loss.r1_weight=10",
-                          "loss.r1_every=2", "train.lr_decay_start=0.5", "train.steps_per_run=2"),
+                          "loss.r1_every=2", "train.lr_decay_start=0.5", "train.steps_per_run=2",
+                          "loss.top_k=0.5"),
               model_dir=str(tmp_path))
     assert gan.train(array_input_fn(tiny_images()), max_steps=4, progress=False) == 4
     samples = gan.generate(3)

@@ -399,6 +399,14 @@ def learning_rate(base: float, train, step) -> tf.Tensor:
     return base * (1.0 - (1.0 - train.lr_decay_final) * progress)
 
 
+def top_k_share(loss, train, step) -> tf.Tensor:
+    """The share of fakes G's loss counts at `step` with `loss.top_k`: 1 at step 0, falling
+    linearly to `loss.top_k` at `loss.top_k_anneal` of max_steps, then constant."""
+    span = max(loss.top_k_anneal * train.max_steps, 1.0)
+    progress = tf.clip_by_value(tf.cast(step, tf.float32) / span, 0.0, 1.0)
+    return 1.0 - (1.0 - loss.top_k) * progress
+
+
 class _Trainer:
     """Builds the updates of one graph with one pair of optimizers (see `gan_train_ops`)."""
 
@@ -461,6 +469,13 @@ class _Trainer:
             return tf.constant(0.0)
         return self.parts.config.loss.info_weight * info.code_loss(fake_call.code_logits, noise, codes)
 
+    def _top_k(self, fake_logits) -> tf.Tensor:
+        """The logits G's loss counts: all, or with `loss.top_k` the share D scores most real."""
+        loss = self.parts.config.loss
+        if loss.top_k is None:
+            return fake_logits
+        return losses_lib.top_k_logits(fake_logits, top_k_share(loss, self.parts.config.train, self.step_tensor))
+
     def _r1(self, inputs) -> tf.Tensor:
         """gamma/2 R1, every `loss.r1_every`-th step only (times that factor); 0 without."""
         cfg = self.parts.config.loss
@@ -483,7 +498,7 @@ class _Trainer:
         transform = self._transform(key)
         fake = generated.outputs if transform is None else transform(generated.outputs, 2)
         fake_call = self.parts.discriminator(fake, labels, ModeKeys.TRAIN)
-        g_loss = self.parts.loss.generator_loss(fake_call.outputs, self.parts.config.loss)
+        g_loss = self.parts.loss.generator_loss(self._top_k(fake_call.outputs), self.parts.config.loss)
         g_loss = tf.identity(g_loss + self._info(fake_call, noise), name="generator_loss")
         op = self._apply(self.g_opt, g_loss, GENERATOR, GENERATOR_STEP, "G_train",
                          generated.update_ops)

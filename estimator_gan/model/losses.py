@@ -99,6 +99,15 @@ def as_loss(loss) -> GANLoss:
     return GANLoss(name, *pair)
 
 
+def top_k_logits(fake_logits: tf.Tensor, share) -> tf.Tensor:
+    """The `share` (a float tensor in (0, 1]) of `fake_logits` that D scores most real, at
+    least one: what a top-k generator loss sees (gradients reach only those fakes)."""
+    flat = tf.reshape(fake_logits, [-1])
+    count = tf.cast(tf.size(flat), tf.float32)
+    k = tf.maximum(tf.cast(tf.math.ceil(share * count - 1e-4), tf.int32), 1)
+    return tf.math.top_k(flat, k=k, sorted=False).values
+
+
 def _mean(x):
     return tf.reduce_mean(x)
 
