@@ -18,6 +18,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
 
 
+def checkpoint_values(path):
+    """Every tensor of the checkpoint at `path` (a prefix), by name; raises if one does not read."""
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
 def newest_complete_step(model_dir):
     """The step a run resumes from: the newest checkpoint on disk whose every tensor reads,
     whatever the state file says (a kill between a save and the state file's update leaves it
@@ -25,9 +31,7 @@ def newest_complete_step(model_dir):
     for index in sorted(glob.glob(os.path.join(model_dir, "model.ckpt-*.index")),
                         key=lambda p: -int(p.split("-")[-1].split(".")[0])):
         try:
-            reader = tf.train.load_checkpoint(index[:-len(".index")])
-            values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-            return int(values["global_step"])
+            return int(checkpoint_values(index[:-len(".index")])["global_step"])
         except Exception:  # noqa: BLE001 - a save cut short by a kill
             continue
     return 0

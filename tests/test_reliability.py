@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, newest_complete_step, tiny_config
+from conftest import REPO_ROOT, checkpoint_values, newest_complete_step, tiny_config
 from estimator_gan import checkpoints, cli
 from estimator_gan import memory as memory_lib
 from estimator_gan import config as config_lib
@@ -82,8 +82,7 @@ def assert_model_dir_intact(model_dir):
     state = tf.train.get_checkpoint_state(model_dir)
     assert state is not None, os.listdir(model_dir)
     for path in state.all_model_checkpoint_paths:
-        reader = tf.train.load_checkpoint(path)
-        values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+        values = checkpoint_values(path)
         assert values["global_step"] == values["generator_step"] == values["discriminator_step"]
         assert all(np.isfinite(v).all() for v in values.values() if v.dtype.kind == "f")
     config_lib.load_config(os.path.join(model_dir, "config.yaml"))

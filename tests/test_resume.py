@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO_ROOT, newest_complete_step, tiny_config
+from conftest import REPO_ROOT, checkpoint_values, newest_complete_step, tiny_config
 from estimator_gan import cli
 from estimator_gan.config import DataConfig
 from estimator_gan.data import pipeline
@@ -91,11 +91,6 @@ def progress_steps(text):
 
 def ckpt_step(path):
     return int(tf.train.load_variable(path, "global_step"))
-
-
-def checkpoint_values(path):
-    reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
 def assert_same_checkpoint(path, reference):
