@@ -129,6 +129,16 @@ class StackedConfig(_Strict):
     seed: int = Field(0, description="Seed of the choice of digit triples (the same seed, the same data set).")
 
 
+class ClustersConfig(_Strict):
+    """Cluster labels for unlabelled data (`data.clusters`; see `estimator_gan.data.clusters`):
+    the training examples get the ids of `count` equal-sized k-means clusters of their leading
+    principal components, in place of any labels, and a conditional model trains on them."""
+
+    count: int = Field(0, ge=0, description="Clusters (0: off). Needs model.conditional and the "
+                                            "examples in memory.")
+    seed: int = Field(0, description="Seed of the clustering (the same seed and data, the same labels).")
+
+
 class DataConfig(_Strict):
     """Where real examples come from and how they are batched.
 
@@ -159,6 +169,7 @@ class DataConfig(_Strict):
     mixture: MixtureConfig = MixtureConfig()
     tfds: TfdsConfig = TfdsConfig()
     stacked: StackedConfig = StackedConfig()
+    clusters: ClustersConfig = ClustersConfig()
     split: Optional[SplitConfig] = Field(
         None, description="Use one part of a seeded split of the examples (not for tfrecord).")
 
@@ -481,6 +492,12 @@ class Config(_Strict):
         packing = self.model.discriminator.packing
         if packing > 1 and self.model.conditional:
             raise ValueError("model.discriminator.packing > 1 does not combine with model.conditional")
+        if self.data.clusters.count and not self.model.conditional:
+            raise ValueError("data.clusters labels the examples for a conditional model: set "
+                             "model.conditional=true (or data.clusters.count=0)")
+        if self.data.clusters.count and self.model.num_classes not in (None, self.data.clusters.count):
+            raise ValueError(f"model.num_classes {self.model.num_classes} differs from "
+                             f"data.clusters.count {self.data.clusters.count}")
         if self.data.batch_size % packing:
             raise ValueError(f"data.batch_size ({self.data.batch_size}) must be a multiple of "
                              f"model.discriminator.packing ({packing})")
@@ -638,7 +655,7 @@ def resolve(config: Config) -> Config:
     if model.sample_shape is None:
         model.sample_shape = list(sources.sample_shape(config.data))
     if model.conditional and model.num_classes is None:
-        classes = sources.num_classes(config.data)
+        classes = config.data.clusters.count or sources.num_classes(config.data)
         if classes is None:
             raise ConfigError(
                 f"model.conditional needs class labels, but data.source={config.data.source} "

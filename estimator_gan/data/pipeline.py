@@ -27,6 +27,8 @@ What a caller must know:
   buffer of `data.shuffle_buffer` examples. A resumed stream is reshuffled with a seed keyed on
   `start_example`, so no batch is systematically replayed, but the order is not the
   uninterrupted one.
+* `data.clusters` replaces the labels of in-memory examples by their cluster ids
+  (`clusters.balanced_kmeans`, computed here, a few seconds per 100,000 small images).
 * Image files are checked with PIL before training (`on_corrupt`: fail with the file's name,
   or skip it, which `make_input_fn` notes once on stderr, as it notes a training set smaller
   than one batch). A TFRecord source is checked on its first record only; a later undecodable
@@ -35,6 +37,7 @@ What a caller must know:
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
@@ -42,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from estimator_gan import memory
+from estimator_gan.data import clusters
 from estimator_gan.data import images as image_lib
 from estimator_gan.data import sources
 from estimator_gan.errors import DataError
@@ -66,6 +70,8 @@ def make_input_fn(cfg, training: bool = True, seed: Optional[int] = None,
     _print_notes(cfg, src, training)
     if isinstance(src, sources.Files) and cfg.cache and _fits_in_memory(src.count, src.shape):
         src = decode_all(cfg, src)
+    if cfg.clusters.count:
+        src = cluster_labelled(cfg, src)
 
     def input_fn(input_context=None) -> tf.data.Dataset:
         shards, shard_id, batch = _sharding(cfg, input_context)
@@ -77,6 +83,22 @@ def make_input_fn(cfg, training: bool = True, seed: Optional[int] = None,
         return ds.prefetch(AUTOTUNE)
 
     return input_fn
+
+
+def cluster_labelled(cfg, src: sources.Loaded, stream=None) -> sources.Arrays:
+    """`src` with the `data.clusters` ids as its labels (any labels it had are set aside)."""
+    if not isinstance(src, sources.Arrays):
+        raise DataError(f"{cfg.source}: data.clusters needs the examples in memory, and these "
+                        "do not fit (or data.cache is off)")
+    if len(src.x) < cfg.clusters.count:
+        raise DataError(f"{cfg.source}: {len(src.x)} examples cannot fill data.clusters.count="
+                        f"{cfg.clusters.count} clusters")
+    started = time.perf_counter()
+    labels = clusters.balanced_kmeans(src.x, cfg.clusters.count, cfg.clusters.seed)
+    print(f"{cfg.source}: {cfg.clusters.count} clusters of {len(src.x) // cfg.clusters.count} "
+          f"examples as labels (balanced k-means, {time.perf_counter() - started:.1f}s)",
+          file=stream or sys.stderr, flush=True)
+    return sources.Arrays(src.x, labels)
 
 
 def _print_notes(cfg, src: sources.Loaded, training: bool, stream=None) -> None:
