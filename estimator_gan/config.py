@@ -490,8 +490,6 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _packing_fits(self):
         packing = self.model.discriminator.packing
-        if packing > 1 and self.model.conditional:
-            raise ValueError("model.discriminator.packing > 1 does not combine with model.conditional")
         if self.data.clusters.count and not self.model.conditional:
             raise ValueError("data.clusters labels the examples for a conditional model: set "
                              "model.conditional=true (or data.clusters.count=0)")
@@ -655,7 +653,7 @@ def resolve(config: Config) -> Config:
     if model.sample_shape is None:
         model.sample_shape = list(sources.sample_shape(config.data))
     if model.conditional and model.num_classes is None:
-        classes = config.data.clusters.count or sources.num_classes(config.data)
+        classes = sources.num_classes(config.data)
         if classes is None:
             raise ConfigError(
                 f"model.conditional needs class labels, but data.source={config.data.source} "

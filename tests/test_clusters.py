@@ -100,3 +100,28 @@ def test_mnist_clusters_follow_the_digits_without_seeing_a_label():
     purity = sum(np.bincount(y[labels == j]).max() for j in range(10)) / len(y)
     assert np.bincount(labels).tolist() == [500] * 10
     assert purity > 0.5  # one digit class would be 0.11
+
+
+@pytest.mark.slow
+def test_a_cluster_conditional_packed_gan_trains_exports_and_draws_every_cluster(tmp_path, capsys):
+    from estimator_gan import cli
+
+    model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+    sets = ["data.clusters.count=5", "model.conditional=true", "model.discriminator.packing=2",
+            "model.z_dim=8", "model.generator.filters=4", "model.discriminator.filters=4",
+            "data.batch_size=8", "train.max_steps=3", "train.save_checkpoints_steps=3",
+            "train.sample_grid=2", "export.standing_batches=2"]
+    args = [x for s in sets for x in ("--set", s)]
+    assert cli.main(["train", "--model-dir", model_dir, *args]) == 0
+    assert "digits: 5 clusters of 359 examples as labels" in capsys.readouterr().err
+    saved = config_lib.load_model_dir_config(model_dir)
+    assert saved.model.num_classes == 5 and saved.data.clusters.count == 5
+    assert cli.main(["export", "--model-dir", model_dir, "--export-dir", export_dir,
+                     "--generator-only"]) == 0
+    out = str(tmp_path / "x.npy")
+    assert cli.main(["generate", "--export", export_dir, "--count", "10", "--out", out]) == 0
+    assert np.load(out).shape == (10, 16, 16, 1)
+    capsys.readouterr()
+    assert cli.main(["generate", "--export", export_dir, "--count", "2", "--labels", "5",
+                     "--out", out]) == 2
+    assert "0..4" in capsys.readouterr().err

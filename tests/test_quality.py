@@ -271,8 +271,23 @@ def test_packing_groups_consecutive_samples_for_the_discriminator():
                      tiny_images(6), None)
     with pytest.raises(config_lib.ConfigError, match=r"data.batch_size \(8\) must be a multiple"):
         tiny_config("model.discriminator.packing=3")
-    with pytest.raises(config_lib.ConfigError, match="does not combine with model.conditional"):
-        _conditional("model.discriminator.packing=2")
+
+
+@pytest.mark.parametrize("architecture", ["dcgan", "mlp"])
+def test_a_packed_conditional_discriminator_sees_every_packed_samples_label(architecture):
+    config = _conditional("model.discriminator.packing=2", architecture=architecture)
+    x = np.random.RandomState(0).uniform(-1, 1, (4,) + tuple(config.model.sample_shape)).astype(np.float32)
+    logits = [_run_network(config, "discriminator", x, labels)
+              for labels in ([0, 1, 2, 0], [0, 2, 2, 0], [1, 1, 2, 0])]
+    assert logits[0].shape == (2,)
+    # changing the second or the first label of a pair moves that pair's logit only
+    assert logits[0][0] != logits[1][0] and logits[0][0] != logits[2][0]
+    np.testing.assert_array_equal(logits[0][1], logits[1][1])
+    with tf.Graph().as_default():
+        parts = gan_lib.GANParts.from_params({"config": config})
+        parts.discriminator(tf.constant(x), tf.constant([0, 1, 2, 0]), ModeKeys.TRAIN)
+        tables = {v.name: v.shape.as_list() for v in v1.global_variables() if "projection" in v.name}
+    assert [shape[0] for name, shape in tables.items() if "sn_u" not in name] == [2 * 3]
 
 
 # ------------------------------------------------------------------------- minibatch stddev

@@ -146,8 +146,9 @@ def sample_shape(cfg) -> Tuple[int, ...]:
 
 
 def num_classes(cfg) -> Optional[int]:
-    """The class count of `cfg`'s labels, where known without reading all the data."""
-    return get(cfg.source).num_classes(cfg)
+    """The class count of the labels `cfg`'s input pipeline gives (`data.clusters.count` when
+    set), where known without reading all the data."""
+    return cfg.clusters.count or get(cfg.source).num_classes(cfg)
 
 
 def load(cfg, seed: Optional[int] = None) -> Loaded:

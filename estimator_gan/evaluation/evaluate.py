@@ -40,10 +40,12 @@ RESULT_FILE = "eval.json"
 
 
 def evaluation_data_config(config):
-    """The real data the metrics use: the other part of `data.split`, else `data` itself."""
-    if config.data.split is None:
-        return config.data
-    return config.data.model_copy(update={"split": config.data.split.complement()})
+    """The real data the metrics use, with the source's own labels (no `data.clusters`): the
+    other part of `data.split`, else `data` itself."""
+    update = {"clusters": config.data.clusters.model_copy(update={"count": 0})}
+    if config.data.split is not None:
+        update["split"] = config.data.split.complement()
+    return config.data.model_copy(update=update)
 
 
 def _classifier_cache_path(config, model_dir: str) -> str:

@@ -198,10 +198,14 @@ class GANParts:
 
     def discriminator(self, samples, labels, mode) -> NetworkOutput:
         """D in its scope, with the same weights on every call; logits `[B]` (`[B / m]` with
-        PacGAN packing m, the network seeing packed samples) and, with InfoGAN codes, the code
+        PacGAN packing m, the network seeing packed samples and a conditional one's labels as
+        `[B / m, m]`) and, with InfoGAN codes, the code
         head's logits per sample, `[B, sum(model.latent_codes)]`, unpacked."""
         labels = self.checked_labels(labels)
-        packed = networks.pack(samples, self.model.discriminator.packing)
+        packing = self.model.discriminator.packing
+        packed = networks.pack(samples, packing)
+        if labels is not None and self.model.conditional and packing > 1:
+            labels = tf.reshape(labels, [-1, packing])
 
         def call():
             with v1.variable_scope(DISCRIMINATOR, reuse=v1.AUTO_REUSE):

@@ -150,15 +150,22 @@ def downsample(x) -> tf.Tensor:
 
 def embedding(labels, num_classes: int, dim: int, name: str, spectral_norm: bool = False,
               training: bool = False) -> tf.Tensor:
-    """Rows of a learned [num_classes, dim] matrix, one per label: [B, dim]."""
+    """Rows of a learned [num_classes, dim] matrix, one per label: [B, dim]. Labels [B, m] (a
+    packed discriminator's, one per packed sample) get a table per position, [m * num_classes,
+    dim], and the sum of their m rows."""
+    positions = 1 if labels.shape.rank == 1 else int(labels.shape[-1])
     with v1.variable_scope(name):
-        table = _kernel([num_classes, dim], v1.glorot_uniform_initializer(), spectral_norm, training)
-        return tf.gather(table, labels)
+        table = _kernel([positions * num_classes, dim], v1.glorot_uniform_initializer(),
+                        spectral_norm, training)
+        if positions == 1:
+            return tf.gather(table, labels)
+        return tf.reduce_sum(tf.gather(table, labels + num_classes * tf.range(positions)), axis=1)
 
 
 def projection(features, labels, num_classes: int, name: str = "projection",
                spectral_norm: bool = False, training: bool = False) -> tf.Tensor:
-    """The projection discriminator's class term <embed(y), h> for features h [B, D]: [B]."""
+    """The projection discriminator's class term <embed(y), h> for features h [B, D]: [B]
+    (labels [B], or [B, m] for packed samples: see `embedding`)."""
     embedded = embedding(labels, num_classes, int(features.shape[-1]), name, spectral_norm, training)
     return tf.reduce_sum(embedded * features, axis=1)
 
