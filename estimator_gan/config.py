@@ -490,15 +490,20 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _packing_fits(self):
         packing = self.model.discriminator.packing
-        if self.data.clusters.count and not self.model.conditional:
-            raise ValueError("data.clusters labels the examples for a conditional model: set "
-                             "model.conditional=true (or data.clusters.count=0)")
-        if self.data.clusters.count and self.model.num_classes not in (None, self.data.clusters.count):
-            raise ValueError(f"model.num_classes {self.model.num_classes} differs from "
-                             f"data.clusters.count {self.data.clusters.count}")
         if self.data.batch_size % packing:
             raise ValueError(f"data.batch_size ({self.data.batch_size}) must be a multiple of "
                              f"model.discriminator.packing ({packing})")
+        return self
+
+    @model_validator(mode="after")
+    def _clusters_fit_model(self):
+        count = self.data.clusters.count
+        if count and not self.model.conditional:
+            raise ValueError("data.clusters labels the examples for a conditional model: set "
+                             "model.conditional=true (or data.clusters.count=0)")
+        if count and self.model.num_classes not in (None, count):
+            raise ValueError(f"model.num_classes {self.model.num_classes} differs from "
+                             f"data.clusters.count {count}")
         return self
 
     @model_validator(mode="after")

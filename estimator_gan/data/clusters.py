@@ -9,8 +9,9 @@ features are the examples' leading principal components, and the clusters are *b
 (every cluster holds the same number of examples, up to one): a generator drawing the clusters
 in turn, as the export and the evaluation do, then draws the data's own distribution.
 
-`balanced_kmeans(x, count, seed)` is a pure function of its arguments: a resumed run, every
-worker of a cluster and the evaluation get the same labels.
+`balanced_kmeans(x, count, seed)` is a pure function of its arguments (on one build of numpy
+and its BLAS): a resumed run and every worker of a TF_CONFIG cluster on like machines get the
+same labels.
 """
 from __future__ import annotations
 
