@@ -115,7 +115,8 @@ def test_shipped_mnist_configs_point_at_no_local_path():
     stacked = config_lib.load_config("stacked_mnist")
     assert stacked.data.source == "stacked_mnist" and not stacked.model.conditional
     assert stacked.eval.num_samples == 26000
-    assert not config_lib.load_config("mnist_unconditional").model.conditional
+    unlabelled = config_lib.load_config("mnist_unconditional")
+    assert unlabelled.data.clusters.count == 50  # conditioned on its own clusters, not the labels
 
 
 # ----------------------------------------------------------------------------- the mode metric
