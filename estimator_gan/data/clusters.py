@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from estimator_gan.data import images as image_lib
+
 PCA_DIMS = 64
 PCA_SAMPLE = 10_000
 ITERATIONS = 20
@@ -25,8 +27,7 @@ _CHUNK = 8192
 
 
 def _flat_float(x: np.ndarray, rows) -> np.ndarray:
-    part = np.asarray(x[rows], np.float32).reshape(len(rows), -1)
-    return part / 127.5 - 1.0 if x.dtype == np.uint8 else part
+    return image_lib.to_float(x[rows]).reshape(len(rows), -1)
 
 
 def pca_features(x: np.ndarray, dims: int, rng: np.random.RandomState) -> np.ndarray:
