@@ -444,13 +444,16 @@ class TFFunctionLoop:
 
 def step_flops(config: config_lib.Config) -> int:
     """Floating-point operations of one global step of the product's train op, counted from
-    its graph (TensorFlow's profiler, per op from static shapes; one step, no in-graph loop)."""
+    its graph (TensorFlow's profiler, per op from static shapes; one step, no in-graph loop;
+    a conditional model gets labels of the batch's shape)."""
     parts = gan_lib.GANParts.from_params({"config": config})
     model, train = config.model, config.train
     with tf.Graph().as_default() as graph:
         v1.train.create_global_step()
-        real = tf.zeros([1, max(train.d_steps, 1), config.data.batch_size] + list(model.sample_shape))
-        ops = gan_lib.gan_train_ops(parts, real, None, train.d_steps, train.g_steps)
+        leading = [1, max(train.d_steps, 1), config.data.batch_size]
+        real = tf.zeros(leading + list(model.sample_shape))
+        labels = tf.zeros(leading, tf.int32) if model.conditional else None
+        ops = gan_lib.gan_train_ops(parts, real, labels, train.d_steps, train.g_steps)
         needed = v1.graph_util.extract_sub_graph(graph.as_graph_def(add_shapes=True), [ops.train_op.name])
     with tf.Graph().as_default() as step_graph:
         tf.graph_util.import_graph_def(needed, name="")
