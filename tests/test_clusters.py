@@ -8,7 +8,9 @@ import pytest
 from estimator_gan import config as config_lib
 from estimator_gan.config import ConfigError, DataConfig
 from estimator_gan.data import clusters, pipeline
-from estimator_gan.errors import DataError
+from estimator_gan import GAN, sampling
+from estimator_gan.errors import DataError, ExportError
+from estimator_gan.serving import saved_model
 
 from conftest import SHARED_MNIST
 
@@ -118,10 +120,22 @@ def test_a_cluster_conditional_packed_gan_trains_exports_and_draws_every_cluster
     assert saved.model.num_classes == 5 and saved.data.clusters.count == 5
     assert cli.main(["export", "--model-dir", model_dir, "--export-dir", export_dir,
                      "--generator-only"]) == 0
+    # The export takes noise alone, as an unconditional model's does, and draws the clusters
+    # in turn: one noise row repeated gives cluster 0's sample again five rows on, not the next.
+    served = saved_model.load_generator(export_dir)
+    assert sorted(served.model.signatures["serving_default"].structured_input_signature[1]) == ["noise"]
+    assert sorted(served.model.signatures["seed"].structured_input_signature[1]) == ["count", "seed"]
+    samples = served.from_noise(np.repeat(sampling.noise(1, 8, 0), 10, axis=0))["samples"]
+    np.testing.assert_allclose(samples[5], samples[0], atol=1e-6)
+    assert np.abs(samples[1] - samples[0]).max() > 1e-4
     out = str(tmp_path / "x.npy")
     assert cli.main(["generate", "--export", export_dir, "--count", "10", "--out", out]) == 0
     assert np.load(out).shape == (10, 16, 16, 1)
     capsys.readouterr()
-    assert cli.main(["generate", "--export", export_dir, "--count", "2", "--labels", "5",
+    assert cli.main(["generate", "--export", export_dir, "--count", "2", "--labels", "1",
                      "--out", out]) == 2
-    assert "0..4" in capsys.readouterr().err
+    assert "draws its 5 clusters (data.clusters) in turn itself" in capsys.readouterr().err
+    gan = GAN(saved, model_dir=model_dir)  # from the checkpoint, a cluster can be picked
+    assert gan.generate(2, labels=4).shape == (2, 16, 16, 1)
+    with pytest.raises(ExportError, match="0..4"):
+        gan.generate(2, labels=5)

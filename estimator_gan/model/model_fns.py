@@ -144,10 +144,13 @@ def _mixture_metrics(fake, config) -> Dict[str, tuple]:
 
 def generator_predict_spec(parts: gan.GANParts, features) -> tf.estimator.EstimatorSpec:
     """PREDICT: noise `[B, z_dim]` (a tensor, or a dict with `noise` and optional `labels`,
-    and the seed inputs of `signatures.generator_receiver_fn`) -> samples, building only G,
+    and the seed inputs of `signatures.generator_receiver_fn`; without labels, a G conditioned
+    on `data.clusters` draws them in turn) -> samples, building only G,
     batch norm in inference mode; the export outputs are `signatures.generator_signatures`."""
     raw_noise = tf.convert_to_tensor(signatures.feature(features, "noise"), tf.float32)
     labels = signatures.optional_feature(features, "labels")
+    if labels is None:
+        labels = signatures.clusters_in_turn(parts.config, raw_noise)
     noise = signatures.checked_labels_count(signatures.checked_finite(
         signatures.checked_shape(raw_noise, [parts.model.z_dim], "noise"), "noise"), labels)
     samples = gan.generator_model(parts, noise, labels).generated

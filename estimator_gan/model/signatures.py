@@ -4,7 +4,8 @@ Adding a generator signature is an edit of this file only: give `generator_recei
 placeholders it takes (as features) and `generator_signatures` the inputs it lists.
 
 Generator signatures (all return float32 `samples` in the training range and, for images,
-uint8 `images` and PNG `png_bytes`; a conditional model's also take int32 `labels [N]`):
+uint8 `images` and PNG `png_bytes`; a conditional model's also take int32 `labels [N]`, except
+a model conditioned on `data.clusters`, whose G draws the clusters in turn):
 
 * `serving_default`, `noise` — float32 `noise [N, z_dim]`.
 * `seed` — int64 `seed`, int32 `count`: the graph draws the noise with stateless random ops, so
@@ -59,12 +60,30 @@ def _labels_placeholder(config) -> Dict[str, tf.Tensor]:
     return {"labels": v1.placeholder(tf.int32, [None], name="labels")}
 
 
+def _generator_labels_placeholder(config) -> Dict[str, tf.Tensor]:
+    """A client picks the class of a conditional G, but not the cluster of one conditioned on
+    `data.clusters`: that G draws its clusters itself (`clusters_in_turn`)."""
+    return {} if config.data.clusters.count else _labels_placeholder(config)
+
+
+def clusters_in_turn(config, noise) -> Optional[tf.Tensor]:
+    """For a G conditioned on `data.clusters`, int32 cluster ids 0, 1, ..., K-1, 0, ... for the
+    rows of `noise`; None for any other model. The clusters are equal, so drawing them in turn
+    draws the data's distribution, and the export takes noise alone, as an unconditional
+    model's does."""
+    count = config.data.clusters.count
+    if not count:
+        return None
+    return tf.math.floormod(tf.range(tf.shape(noise)[0], dtype=tf.int32), count)
+
+
 def noise_receiver_fn(config):
-    """Receiver of float32 `noise [None, z_dim]` (plus int32 `labels [None]` when conditional)."""
+    """Receiver of float32 `noise [None, z_dim]` (plus int32 `labels [None]` when conditional on
+    the data's classes)."""
 
     def receiver_fn():
         tensors = {"noise": v1.placeholder(tf.float32, [None, config.model.z_dim], name="noise"),
-                   **_labels_placeholder(config)}
+                   **_generator_labels_placeholder(config)}
         return tf.estimator.export.ServingInputReceiver(tensors, tensors)
 
     return receiver_fn
@@ -91,7 +110,7 @@ def generator_receiver_fn(config):
         with tf.control_dependencies(checks):
             drawn = stateless_noise(seed, count, z_dim, truncation)
         noise = v1.placeholder_with_default(drawn, [None, z_dim], name="noise")
-        labels = _labels_placeholder(config)
+        labels = _generator_labels_placeholder(config)
         features = {"noise": noise, "seed": seed, "count": count, "truncation": truncation, **labels}
         return tf.estimator.export.ServingInputReceiver(
             features, {"seed": seed, "count": count, "truncation": truncation, **labels})

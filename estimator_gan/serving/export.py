@@ -281,6 +281,7 @@ def export(export_dir: str, generator: tf.estimator.Estimator,
                                     if standing is not None else None),
             "z_dim": config.model.z_dim, "sample_shape": list(config.model.sample_shape),
             "conditional": config.model.conditional, "num_classes": config.model.num_classes,
+            "clusters": config.data.clusters.count,
             "latent_codes": list(config.model.latent_codes),
         }
         assets = _write_assets(work, config, result.info)

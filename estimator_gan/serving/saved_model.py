@@ -98,6 +98,10 @@ class ServedGenerator:
         return sampling.labels_in_turn(count, self.num_classes) if self.conditional else None
 
     def _labels(self, labels, count: int) -> dict:
+        if labels is not None and self.info.get("clusters"):
+            raise ExportError(f"labels given, but this export draws its {self.info['clusters']} "
+                              "clusters (data.clusters) in turn itself and takes none; to draw one "
+                              "cluster, call GAN(model_dir=...).generate(count, labels=...)")
         ids = sampling.request_labels(self.conditional, self.num_classes, labels, count)
         return {} if ids is None else {"labels": tf.constant(ids)}
 
