@@ -179,7 +179,7 @@ def test_resume_continues_the_step_count(tmp_path):
 
 def test_mlp_pair_on_points_with_every_loss(tmp_path):
     points = np.random.RandomState(0).normal(size=(64, 2)).astype(np.float32)
-    for name in ("non_saturating", "minimax", "wasserstein", "hinge", "least_squares"):
+    for name in ("non_saturating", "minimax", "forward_kl", "wasserstein", "hinge", "least_squares"):
         gan = GAN(tiny_config(f"loss.name={name}", architecture="mlp"), model_dir=str(tmp_path / name))
         gan.train(array_input_fn(points), max_steps=2, progress=False)
         samples = gan.generate(5)

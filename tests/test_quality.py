@@ -455,6 +455,23 @@ def test_learning_rate_decays_linearly_from_its_start():
     assert float(gan_lib.learning_rate(2.0, tiny_config().train, tf.constant(7))) == 2.0
 
 
+def test_generator_losses_weight_each_fake_as_their_divergence_says():
+    """Per-fake gradient of G's loss w.r.t. D's logit r: non-saturating sigmoid(-r) (mode-seeking),
+    minimax sigmoid(r), forward_kl exp(r) capped at r = 5 (mass-covering)."""
+    from estimator_gan.model import losses
+
+    r = np.array([-3.0, 0.0, 2.0, 7.0], np.float32)
+    expected = {"non_saturating": 1 / (1 + np.exp(r)), "minimax": 1 / (1 + np.exp(-r)),
+                "forward_kl": np.exp(np.minimum(r, 5.0)) * (r <= 5.0)}
+    with tf.Graph().as_default():
+        logits = tf.constant(r)
+        for name, weights in expected.items():
+            loss = losses.get_loss(name).generator_loss(logits, tiny_config().loss)
+            grads = tf.gradients(loss, [logits])[0]
+            with v1.Session() as sess:
+                np.testing.assert_allclose(-sess.run(grads) * len(r), weights, rtol=1e-5, err_msg=name)
+
+
 def test_top_k_keeps_the_fakes_d_scores_most_real_and_only_they_get_gradients():
     from estimator_gan.model import losses
 

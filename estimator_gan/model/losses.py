@@ -138,6 +138,19 @@ def r1_penalty(inputs: DiscriminatorLossInputs) -> tf.Tensor:
     return _mean(tf.reduce_sum(tf.reshape(tf.square(grads), [tf.shape(grads)[0], -1]), axis=1))
 
 
+FORWARD_KL_MAX_LOGIT = 5.0
+
+
+def _forward_kl_g(fake_logits, config):
+    """f-GAN's forward KL(p_data || p_g) for G, with the cross-entropy D: D's logit on a fake
+    estimates log(p_data / p_g), so G maximises E[exp(logit)]. Each fake's gradient is weighted
+    exp(logit) (minimax: sigmoid(logit), non-saturating: sigmoid(-logit)), so the fakes D finds
+    under-drawn pull hardest: mass-covering, where the non-saturating loss is mode-seeking. The
+    logit is capped at `FORWARD_KL_MAX_LOGIT` (weights up to e^5) so one fake cannot own an
+    update."""
+    return -_mean(tf.exp(tf.minimum(fake_logits, FORWARD_KL_MAX_LOGIT)))
+
+
 def _wasserstein_d(inputs, config):
     loss = _mean(inputs.fake_logits) - _mean(inputs.real_logits)
     if config.gradient_penalty_weight > 0:
@@ -151,6 +164,8 @@ register_loss(
 register_loss(
     "minimax", _cross_entropy_d,
     lambda fake_logits, config: -_mean(tf.nn.softplus(fake_logits)))
+register_loss(
+    "forward_kl", _cross_entropy_d, _forward_kl_g)
 register_loss(
     "wasserstein", _wasserstein_d,
     lambda fake_logits, config: -_mean(fake_logits))
