@@ -146,8 +146,8 @@ def _forward_kl_g(fake_logits, config):
     estimates log(p_data / p_g), so G maximises E[exp(logit)]. Each fake's gradient is weighted
     exp(logit) (minimax: sigmoid(logit), non-saturating: sigmoid(-logit)), so the fakes D finds
     under-drawn pull hardest: mass-covering, where the non-saturating loss is mode-seeking. The
-    logit is capped at `FORWARD_KL_MAX_LOGIT` (weights up to e^5) so one fake cannot own an
-    update."""
+    logit is capped at `FORWARD_KL_MAX_LOGIT` (weights up to e^5; a fake past it gets none) so
+    one fake cannot own an update."""
     return -_mean(tf.exp(tf.minimum(fake_logits, FORWARD_KL_MAX_LOGIT)))
 
 
