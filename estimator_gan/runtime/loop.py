@@ -139,12 +139,11 @@ def network_cost(parts: gan.GANParts) -> NetworkCost:
     batch = parts.config.data.batch_size
     with tf.Graph().as_default() as graph:
         labels = tf.zeros([batch], tf.int32) if model.conditional else None
-        options = v1.profiler.ProfileOptionBuilder.float_operation()
-        options["output"] = "none"
         fake = parts.generator(tf.zeros([batch, model.z_dim]), labels, ModeKeys.TRAIN).outputs
-        generator_forward = v1.profiler.profile(graph, options=options).total_float_ops
         parts.discriminator(fake, labels, ModeKeys.TRAIN)
         sizes = [(int(np.prod(v.shape.as_list())) * v.dtype.size, v) for v in v1.global_variables()]
+        options = v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
         forward = v1.profiler.profile(graph, options=options).total_float_ops
         # Every float tensor of one forward pass of G and D. Measured on the default DCGAN at
         # batch 2048 and 8192, a training step's peak memory grew by 0.85-0.95 times this sum
@@ -154,12 +153,10 @@ def network_cost(parts: gan.GANParts) -> NetworkCost:
                           for t in op.outputs if t.dtype.is_floating and t.shape.is_fully_defined())
     copies = 4 if parts.ema_decay is not None else 3  # weights, two Adam slots, EMA
     _, largest = max(sizes, key=lambda pair: pair[0])
-    # Each update runs about one forward of both networks and twice that backward; feature
-    # matching adds a forward of D on the real batch to each G update.
-    matching = (forward - generator_forward) * train.g_steps if parts.config.loss.feature_matching_weight > 0 else 0
+    # Each update runs about one forward of both networks and twice that backward.
     return NetworkCost(sum(size for size, _ in sizes) * copies,
                        (largest.op.name, largest.shape.as_list()),
-                       3 * forward * (train.d_steps + train.g_steps) + matching, activations)
+                       3 * forward * (train.d_steps + train.g_steps), activations)
 
 
 # A step may use this share of the memory; the rest is TensorFlow's own (about 0.7 GB), the
