@@ -318,10 +318,6 @@ class LossConfig(_Strict):
     info_weight: float = Field(
         1.0, ge=0, description="Weight of the InfoGAN code cross-entropy in both losses "
                                "(with model.latent_codes).")
-    feature_matching_weight: float = Field(
-        0.0, ge=0, description="Weight of feature matching in G's loss: the distance between "
-        "D's mean features (the input of its logit layer) on the fakes and on the real batch "
-        "(Salimans et al. 2016); costs one more D forward pass per G update (0: none).")
     top_k: Optional[float] = Field(
         None, gt=0, le=1, description="Top-k generator updates (Sinha et al. 2020): G's loss "
         "counts only the fakes D scores most real, a share falling linearly from all of them to "

@@ -468,55 +468,6 @@ def test_generator_losses_weight_each_fake_as_their_divergence_says():
                 np.testing.assert_allclose(-g * len(r), expected[name], rtol=1e-5, err_msg=name)
 
 
-def test_feature_matching_is_the_distance_of_mean_features_and_pulls_each_fake_alike():
-    with tf.Graph().as_default():
-        real = tf.constant([[0.0, 0.0], [2.0, 0.0]])
-        fake = tf.constant([[1.0, 3.0], [1.0, 1.0]])  # mean (1, 2) against the reals' (1, 0)
-        distance = losses.feature_matching(real, fake)
-        grads = tf.gradients(distance, [fake])[0]
-        with v1.Session() as sess:
-            value, g = sess.run([distance, grads])
-    assert value == pytest.approx(2.0)
-    np.testing.assert_allclose(g, [[0.0, 0.5], [0.0, 0.5]], atol=1e-6)
-
-
-@pytest.mark.parametrize("reuse_fakes", [False, True])
-def test_feature_matching_adds_the_weighted_distance_of_d_features_to_g_loss(reuse_fakes):
-    """The step's G loss is the adversarial loss plus weight x the distance between D's mean
-    features on the fakes and on the step's real batch, both through D after its update."""
-    config = tiny_config("model.generator.ema_decay=null", "loss.feature_matching_weight=0.5",
-                         "model.discriminator.packing=2", f"train.reuse_fakes={str(reuse_fakes).lower()}")
-    images = tiny_images(8)
-    with tf.Graph().as_default():
-        v1.train.create_global_step()
-        parts = gan_lib.GANParts.from_params({"config": config})
-        ops = gan_lib.gan_train_ops(parts, tf.constant(images[None, None]), None, 1, 1)
-        stream = (1, 0) if reuse_fakes else (2, 0)
-        noise = gan_lib.stateless_normal([8, 8], gan_lib.fold(gan_lib.run_key(config), 0, *stream, 0))
-        fake_call = parts.discriminator(parts.generator(noise, None, ModeKeys.TRAIN).outputs, None, ModeKeys.TRAIN)
-        real_call = parts.discriminator(tf.constant(images), None, ModeKeys.TRAIN)
-        assert real_call.features.shape.as_list() == [4, fake_call.features.shape[1]]  # packed pairs
-        adversarial = parts.loss.generator_loss(fake_call.outputs, config.loss)
-        distance = losses.feature_matching(real_call.features, fake_call.features)
-        g_vars = v1.get_collection(v1.GraphKeys.GLOBAL_VARIABLES, scope="generator/")
-        with v1.Session() as sess:
-            sess.run(v1.global_variables_initializer())
-            g_before = sess.run(g_vars)
-            reported = sess.run([ops.train_op, ops.losses.generator])[1]
-            for var, value in zip(g_vars, g_before):
-                var.load(value, sess)
-            adversarial, distance = sess.run([adversarial, distance])
-    assert distance > 1e-3
-    assert reported == pytest.approx(adversarial + 0.5 * distance, rel=1e-5, abs=1e-6)
-
-
-def test_feature_matching_without_d_features_is_a_one_line_error(tmp_path):
-    gan = GAN(tiny_config("loss.feature_matching_weight=1"), model_dir=str(tmp_path),
-              discriminator_fn=custom_nets.keras_discriminator)
-    with pytest.raises(NetworkError, match="feature_matching_weight needs the discriminator's features"):
-        gan.train(array_input_fn(tiny_images()), max_steps=1, progress=False)
-
-
 def test_top_k_keeps_the_fakes_d_scores_most_real_and_only_they_get_gradients():
     with tf.Graph().as_default():
         logits = tf.constant([3.0, -1.0, 5.0, 0.0, 1.0])

@@ -85,8 +85,6 @@ class NetworkOutput(NamedTuple):
     batch-norm layer (TRAIN mode). `power_iterations`: `(u, u_new)` per spectrally normalised
     weight (TRAIN mode), assigned once per D update. `code_logits`: a discriminator's
     predictions of the InfoGAN codes, [B, sum(model.latent_codes)] (None without codes).
-    `features`: the features a discriminator's logit is computed from (`layers.logit`'s input;
-    `[B / m, F]` with packing m), None for a network that does not build it with `layers.logit`.
     """
 
     outputs: tf.Tensor
@@ -94,7 +92,6 @@ class NetworkOutput(NamedTuple):
     batch_norm: Tuple = ()
     power_iterations: Tuple = ()
     code_logits: Optional[tf.Tensor] = None
-    features: Optional[tf.Tensor] = None
 
 
 def _collected(keys: Sequence[str], fn: Callable):
@@ -238,9 +235,9 @@ class GANParts:
         sharing and var_list separation."""
         keys = (v1.GraphKeys.UPDATE_OPS, *layers.BATCH_NORM_COLLECTIONS,
                 layers.SPECTRAL_NORM_VECTORS, layers.SPECTRAL_NORM_UPDATES,
-                layers.DISCRIMINATOR_FEATURES, v1.GraphKeys.GLOBAL_VARIABLES)
+                v1.GraphKeys.GLOBAL_VARIABLES)
         existing = role_variables(scope, trainable=False)
-        out, (updates, means, variances, batch_means, batch_vars, vectors, steps, features, new) = \
+        out, (updates, means, variances, batch_means, batch_vars, vectors, steps, new) = \
             _collected(keys, call)
         if not tf.distribute.has_strategy():
             # Mirrored variables add per-replica components to the collection; the
@@ -248,8 +245,7 @@ class GANParts:
             self._check_variables(scope, existing, new)
         return NetworkOutput(tf.convert_to_tensor(out), updates,
                              tuple(zip(means, variances, batch_means, batch_vars)),
-                             tuple(zip(vectors, steps)),
-                             features=features[-1] if features else None)
+                             tuple(zip(vectors, steps)))
 
     @staticmethod
     def _check_variables(scope, existing, new) -> None:
@@ -494,40 +490,20 @@ class _Trainer:
             return term()
         return tf.cond(tf.equal(self.step_tensor % cfg.r1_every, 0), term, lambda: tf.constant(0.0))
 
-    def _feature_matching(self, fake_call: NetworkOutput, real, labels) -> tf.Tensor:
-        """`loss.feature_matching_weight` times the distance between D's mean features on the
-        fakes and on `real` (a fresh D call, after any D update of this step; constant for G);
-        0 without."""
-        weight = self.parts.config.loss.feature_matching_weight
-        if weight <= 0:
-            return tf.constant(0.0)
-        real_call = self.parts.discriminator(real, labels, ModeKeys.TRAIN)
-        if fake_call.features is None or real_call.features is None:
-            raise NetworkError("loss.feature_matching_weight needs the discriminator's features: "
-                               "build its logit with estimator_gan.model.layers.logit")
-        return weight * losses_lib.feature_matching(tf.stop_gradient(real_call.features), fake_call.features)
-
-    def generator_update(self, real, labels, key, reuse: Optional[GANModel] = None):
+    def generator_update(self, batch, labels, key, reuse: Optional[GANModel] = None):
         """One G update through D: G's own variables (and batch-norm statistics) only. With
         `reuse`, the generated batch (and its forward activations) of a D update whose G weights
-        are still current stands in for a new G forward. `real`: the step's last real batch
-        (its size is G's batch; feature matching compares against it, as D judged it)."""
-        batch = tf.shape(real)[0]
-        transform = self._transform(key)
-        if reuse is not None:
-            real = reuse.real
-        elif transform is not None:
-            real = transform(real, 0)
+        are still current stands in for a new G forward."""
         if reuse is None:
             noise = stateless_normal([batch, self.parts.model.z_dim], fold(key, 0))
             generated = self.parts.generator(noise, labels, ModeKeys.TRAIN)
         else:
             noise, generated = reuse.noise, reuse.generator_call
+        transform = self._transform(key)
         fake = generated.outputs if transform is None else transform(generated.outputs, 2)
         fake_call = self.parts.discriminator(fake, labels, ModeKeys.TRAIN)
         g_loss = self.parts.loss.generator_loss(self._top_k(fake_call.outputs), self.parts.config.loss)
-        g_loss = tf.identity(g_loss + self._info(fake_call, noise)
-                             + self._feature_matching(fake_call, real, labels), name="generator_loss")
+        g_loss = tf.identity(g_loss + self._info(fake_call, noise), name="generator_loss")
         op = self._apply(self.g_opt, g_loss, GENERATOR, GENERATOR_STEP, "G_train",
                          generated.update_ops)
         per_step = tf.distribute.has_strategy() or not refreshable(generated)
@@ -568,11 +544,11 @@ class _Trainer:
             if d_steps:
                 dependency, d_loss = [op], loss
         last_labels = _at(labels, max(d_steps, 1) - 1)
-        real = batches[max(d_steps, 1) - 1]
+        batch = tf.shape(batches[max(d_steps, 1) - 1])[0]
         for j in range(max(g_steps, 1)):
             reuse = model if (j == 0 and d_steps and reuse_fakes) else None
             with tf.control_dependencies(dependency if g_steps else []):
-                op, loss = self.generator_update(real, last_labels, fold(key, 2, j), reuse)
+                op, loss = self.generator_update(batch, last_labels, fold(key, 2, j), reuse)
             if g_steps:
                 dependency, g_loss = [op], loss
         with tf.control_dependencies(dependency):

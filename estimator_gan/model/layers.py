@@ -36,10 +36,6 @@ BATCH_NORM_COLLECTIONS = (BATCH_NORM_MOVING_MEANS, BATCH_NORM_MOVING_VARIANCES,
 SPECTRAL_NORM_VECTORS = "spectral_norm_vectors"
 SPECTRAL_NORM_UPDATES = "spectral_norm_updates"
 
-# Per discriminator call, the features its logit is a dense layer of (what `logit` gets): what
-# the generator's feature-matching term compares between real and generated batches.
-DISCRIMINATOR_FEATURES = "discriminator_features"
-
 
 def variable(name, shape, initializer, trainable=True, **kwargs):
     return v1.get_variable(name, shape=shape, dtype=tf.float32, initializer=initializer,
@@ -179,9 +175,7 @@ def logit(features, labels, num_classes: Optional[int], initializer=None, code_w
     """A discriminator's logit [B] from features [B, D]: a dense layer (`logit`), plus the
     projection term (`projection`, Miyato & Koyama 2018) when `labels` are given. With a code
     head (`code_width` > 0, InfoGAN: see `model.info`) [B, 1 + code_width]: the logit, then a
-    dense layer (`code_logits`) on the same features. `features` also go to the
-    `DISCRIMINATOR_FEATURES` collection (for `loss.feature_matching_weight`)."""
-    v1.add_to_collection(DISCRIMINATOR_FEATURES, features)
+    dense layer (`code_logits`) on the same features."""
     sn = dict(spectral_norm=spectral_norm, training=training)
     logits = tf.squeeze(dense(features, 1, "logit", initializer=initializer, **sn), axis=1)
     if labels is not None:

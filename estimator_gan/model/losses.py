@@ -138,15 +138,6 @@ def r1_penalty(inputs: DiscriminatorLossInputs) -> tf.Tensor:
     return _mean(tf.reduce_sum(tf.reshape(tf.square(grads), [tf.shape(grads)[0], -1]), axis=1))
 
 
-def feature_matching(real_features: tf.Tensor, fake_features: tf.Tensor) -> tf.Tensor:
-    """Feature matching (Salimans et al. 2016) as a term of G's loss: the Euclidean distance
-    between the mean of D's features `[B, F]` on a real and on a generated batch. A batch-level
-    signal a per-sample D gives only weakly: a mode drawn too often or too rarely moves the
-    mean. Unsquared, so its gradient per fake has norm 1 / B whatever the features' scale."""
-    diff = tf.reduce_mean(fake_features, axis=0) - tf.reduce_mean(real_features, axis=0)
-    return tf.sqrt(tf.reduce_sum(tf.square(diff)) + 1e-8)
-
-
 FORWARD_KL_MAX_LOGIT = 5.0
 
 
