@@ -77,7 +77,8 @@ def test_cifar_networks_have_the_sn_gan_papers_size():
     assert (resolved.model.generator.filters, resolved.model.discriminator.filters) == (256, 128)
 
 
-@pytest.mark.parametrize("size, g_filters, d_filters", [(48, 64, 64), (64, 64, 64), (128, 64, 64)])
+@pytest.mark.parametrize("size, g_filters, d_filters", [(28, 64, 64), (48, 64, 64), (64, 64, 64),
+                                                          (128, 64, 64)])
 def test_larger_sizes_default_to_the_papers_widths(size, g_filters, d_filters):
     resolved = config_lib.resolve(resnet_config(size, tiny=False))
     assert (resolved.model.generator.filters, resolved.model.discriminator.filters) == (g_filters, d_filters)
@@ -86,7 +87,8 @@ def test_larger_sizes_default_to_the_papers_widths(size, g_filters, d_filters):
     assert (dcgan.model.generator.filters, dcgan.model.discriminator.filters) == (64, 64)
 
 
-@pytest.mark.parametrize("size, d_blocks, d_last", [(32, 4, 8), (48, 5, 3), (64, 5, 2), (128, 6, 4)])
+@pytest.mark.parametrize("size, d_blocks, d_last", [(28, 4, 7), (32, 4, 8), (48, 5, 3), (64, 5, 2),
+                                                     (128, 6, 4)])
 def test_every_size_builds_and_runs(size, d_blocks, d_last):
     graph, samples, logits, variables = build(resnet_config(size))
     assert samples.shape.as_list() == [2, size, size, 3] and logits.shape.as_list() == [2]
@@ -101,10 +103,10 @@ def test_every_size_builds_and_runs(size, d_blocks, d_last):
 
 
 def test_unsupported_sizes_and_attention_resolutions_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"square images of 32, 48, 64, 128 px; model.sample_shape "
-                                          r"is \[28, 28, 1\]") as err:
+    with pytest.raises(ConfigError, match=r"square images of 28, 32, 48, 64, 128 px; model.sample_shape "
+                                          r"is \[24, 24, 1\]") as err:
         config_lib.resolve(config_lib.load_config(None, [
-            "model.architecture=resnet", "model.sample_shape=[28,28,1]"]))
+            "model.architecture=resnet", "model.sample_shape=[24,24,1]"]))
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="square images"):
         GAN(resnet_config(32, "model.sample_shape=[32,64,3]"), model_dir="unused")
@@ -151,6 +153,19 @@ def test_conditional_networks_use_class_batch_norm_and_projection_and_train(tmp_
     assert moment.shape == (3, 8) and np.all(np.abs(moment).max(axis=1) > 0)
     samples = gan.generate(3, labels=[0, 1, 2])
     assert samples.shape == (3, 32, 32, 3) and np.all(np.isfinite(samples))
+
+
+def test_mnist_shaped_grey_images_train_and_generate(tmp_path):
+    """28 px, one channel: what `--set model.architecture=resnet` gives the MNIST configs."""
+    config = resnet_config(28, "model.sample_shape=[28,28,1]")
+    gan = GAN(config, model_dir=str(tmp_path))
+    grey = np.random.RandomState(0).uniform(-1, 1, (16, 28, 28, 1)).astype(np.float32)
+    gan.train(array_input_fn(grey, batch_size=4), max_steps=1, progress=False)
+    ckpt = tf.train.latest_checkpoint(gan.model_dir)
+    assert tf.train.load_variable(ckpt, "generator/linear/kernel").shape == (16, 7 * 7 * 8)
+    assert tf.train.load_variable(ckpt, "generator/to_image/kernel").shape == (3, 3, 8, 1)
+    samples = gan.generate(3)
+    assert samples.shape == (3, 28, 28, 1) and np.all(np.abs(samples) <= 1)
 
 
 @pytest.fixture(scope="module")

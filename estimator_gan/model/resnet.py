@@ -1,6 +1,8 @@
-"""Residual SN-GAN networks (`model.architecture: resnet`) for square images of 32, 48, 64 and
-128 px: the layouts of Miyato et al. 2018 (CIFAR-10 at 32 px, STL-10 at 48 px) and of Miyato &
-Koyama 2018 (64 and 128 px), with the papers' widths as defaults.
+"""Residual SN-GAN networks (`model.architecture: resnet`) for square images of 28, 32, 48, 64
+and 128 px: the layouts of Miyato et al. 2018 (CIFAR-10 at 32 px, STL-10 at 48 px) and of Miyato &
+Koyama 2018 (64 and 128 px), with the papers' widths as defaults. 28 px (MNIST's size) is not a
+paper's: the CIFAR-10 layout from a 7x7 map with one up-sampling block fewer (7, 14, 28; D's
+blocks 14, 7, 7, 7), at width 64 for both networks.
 
 Generator: noise -> linear to a `bottom` x `bottom` map -> up-sampling residual blocks (BN,
 ReLU, nearest 2x up, 3x3 conv, BN, ReLU, 3x3 conv; shortcut: 1x1 conv of the up-sampled input)
@@ -72,6 +74,7 @@ class Layout(NamedTuple):
 
 
 LAYOUTS: Dict[int, Layout] = {
+    28: Layout(7, (1, 1, 1), (1, 1, 1, 1), 2, (64, 64)),                      # MNIST's size
     32: Layout(4, (1, 1, 1, 1), (1, 1, 1, 1), 2, (256, 128)),                 # SN-GAN CIFAR-10
     48: Layout(6, (8, 4, 2, 1), (1, 2, 4, 8, 16), 4, (64, 64)),               # SN-GAN STL-10
     64: Layout(4, (16, 8, 4, 2, 1), (1, 2, 4, 8, 16), 5, (64, 64)),           # projection, 64 px
