@@ -79,7 +79,7 @@ def test_cifar_networks_have_the_sn_gan_papers_size():
 
 @pytest.mark.parametrize("size, g_filters, d_filters", [(28, 64, 64), (48, 64, 64), (64, 64, 64),
                                                           (128, 64, 64)])
-def test_larger_sizes_default_to_the_papers_widths(size, g_filters, d_filters):
+def test_sizes_but_32_default_to_width_64(size, g_filters, d_filters):
     resolved = config_lib.resolve(resnet_config(size, tiny=False))
     assert (resolved.model.generator.filters, resolved.model.discriminator.filters) == (g_filters, d_filters)
     # dcgan's default is unchanged
